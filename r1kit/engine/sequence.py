@@ -1,0 +1,67 @@
+"""One sequence being generated: its tokens, where its KV lives, and how far the model has computed it.
+
+A request with n samples becomes n Sequences (index 0..n-1). The token list is prompt + output; the scheduler
+computes `token_ids[num_computed_tokens:]` in the next step (one token when decoding, a chunk during prefill,
+or several forced tokens after the thinking budget ran out), and the block manager maps positions to KV blocks.
+"""
+from __future__ import annotations
+
+import enum
+import itertools
+
+import torch
+
+from r1kit.engine.sampling_params import SamplingParams
+
+_ids = itertools.count()
+
+
+class SequenceStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+class Sequence:
+    def __init__(self, request_id: str, index: int, prompt_token_ids: list[int], params: SamplingParams,
+                 generator: torch.Generator | None = None):
+        self.seq_id = next(_ids)  # also the arrival order: larger = newer
+        self.request_id = request_id
+        self.index = index
+        self.params = params
+        self.token_ids: list[int] = list(prompt_token_ids)
+        self.num_prompt_tokens = len(prompt_token_ids)
+        self.num_computed_tokens = 0  # tokens whose KV is in the cache
+        self.num_cached_tokens = 0  # of those, how many came from prefix-cache hits at the last admission
+        self.block_table: list[int] = []
+        self.status = SequenceStatus.WAITING
+        self.finish_reason: str | None = None
+        self.stop_reason: int | str | None = None
+        self.generator = generator
+        self.logprobs: list = []  # one entry per output token (None for forced tokens)
+        self.forced: list[int] = []  # tokens to append without sampling (thinking budget wrap-up), FIFO
+        self.thinking_done = False  # the thinking-end token was produced or forced
+        self.num_thinking_tokens = 0  # sampled tokens before thinking ended
+        self.first_token_time: float | None = None
+
+    def __len__(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        return self.token_ids[self.num_prompt_tokens:]
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.token_ids) - self.num_prompt_tokens
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status == SequenceStatus.FINISHED
+
+    @property
+    def num_uncomputed(self) -> int:
+        return len(self.token_ids) - self.num_computed_tokens
+
+    def block_tokens(self, i: int, block_size: int) -> list[int]:
+        return self.token_ids[i * block_size:(i + 1) * block_size]

@@ -1,0 +1,71 @@
+"""Random-weight checkpoints in the Hugging Face layout, with an R1-format tokenizer, for tests, demos and benchmarks.
+
+    create_random_checkpoint(out_dir, model_type="deepseek_v3", preset="tiny", seed=0) -> Path
+
+Presets (vocabulary = the size of the tokenizer trained on r1kit.tokenizer.default_corpus):
+    tiny   a few layers, hidden 64, vocab ~512: fast unit tests, the demo, tiny training runs
+    small  hidden 256-320, vocab ~1k; for deepseek_v3 a ~25M-parameter MoE (32 experts, 4 active): benchmarks
+The files are exactly what a real checkpoint has (config.json, model.safetensors, tokenizer.json,
+tokenizer_config.json), so everything downstream loads them through the same code as real models.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from r1kit.errors import UserError
+from r1kit.models.checkpoint import save_model
+from r1kit.models.registry import MODELS, build_model
+
+_DEEPSEEK_TINY = dict(hidden_size=64, intermediate_size=128, moe_intermediate_size=32, num_hidden_layers=3,
+                      num_attention_heads=4, q_lora_rank=32, kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8,
+                      v_head_dim=16, n_routed_experts=8, n_shared_experts=1, num_experts_per_tok=2, n_group=2,
+                      topk_group=1, first_k_dense_replace=1, routed_scaling_factor=2.5, num_nextn_predict_layers=0,
+                      max_position_embeddings=4096)
+_DEEPSEEK_SMALL = dict(hidden_size=256, intermediate_size=768, moe_intermediate_size=128, num_hidden_layers=8,
+                       num_attention_heads=8, q_lora_rank=128, kv_lora_rank=64, qk_nope_head_dim=32,
+                       qk_rope_head_dim=16, v_head_dim=32, n_routed_experts=32, n_shared_experts=1,
+                       num_experts_per_tok=4, n_group=4, topk_group=2, first_k_dense_replace=1,
+                       routed_scaling_factor=2.5, num_nextn_predict_layers=0, max_position_embeddings=4096)
+_DENSE_TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=2, max_position_embeddings=4096)
+_DENSE_SMALL = dict(hidden_size=320, intermediate_size=896, num_hidden_layers=6, num_attention_heads=8,
+                    num_key_value_heads=2, max_position_embeddings=4096)
+
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "deepseek_v3": {"tiny": {**_DEEPSEEK_TINY, "vocab": 512}, "small": {**_DEEPSEEK_SMALL, "vocab": 1024}},
+    "llama": {"tiny": {**_DENSE_TINY, "vocab": 512}, "small": {**_DENSE_SMALL, "vocab": 1024}},
+    "qwen2": {"tiny": {**_DENSE_TINY, "tie_word_embeddings": True, "vocab": 512},
+              "small": {**_DENSE_SMALL, "tie_word_embeddings": True, "vocab": 1024}},
+    "qwen3": {"tiny": {**_DENSE_TINY, "head_dim": 16, "tie_word_embeddings": True, "vocab": 512},
+              "small": {**_DENSE_SMALL, "head_dim": 40, "tie_word_embeddings": True, "vocab": 1024}},
+}
+
+
+def preset_config(model_type: str, preset: str = "tiny", vocab_size: int | None = None, **overrides: Any):
+    """The config dataclass of a preset (vocab_size defaults to the preset's tokenizer size)."""
+    if model_type not in PRESETS:
+        raise UserError(f"unsupported model_type {model_type!r}; r1kit supports: {', '.join(sorted(PRESETS))}")
+    if preset not in PRESETS[model_type]:
+        raise UserError(f"unknown preset {preset!r} for {model_type}; choose one of {', '.join(PRESETS[model_type])}")
+    fields = dict(PRESETS[model_type][preset])
+    vocab = fields.pop("vocab")
+    fields.update(vocab_size=vocab_size or vocab, **overrides)
+    return MODELS[model_type].config_class(**fields)
+
+
+def create_random_checkpoint(out_dir: str | os.PathLike, model_type: str = "deepseek_v3", preset: str = "tiny",
+                             seed: int = 0) -> Path:
+    """Write a random `model_type` model of size `preset` and an R1 tokenizer to out_dir (HF layout); return it."""
+    from r1kit.tokenizer import build_r1_tokenizer, default_corpus
+
+    out = Path(out_dir)
+    target_vocab = PRESETS.get(model_type, {}).get(preset, {}).get("vocab")
+    config = preset_config(model_type, preset)  # validates model_type / preset before any work
+    tokenizer = build_r1_tokenizer(default_corpus(seed=seed), target_vocab or config.vocab_size, out)
+    config = preset_config(model_type, preset, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                           eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    model = build_model(config, device="cpu", dtype="float32", init=True, seed=seed)
+    save_model(model, out)
+    return out

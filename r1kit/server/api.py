@@ -1,0 +1,136 @@
+"""The FastAPI app: `create_app(engine, ...)` serves one model over OpenAI's HTTP API.
+
+    POST /v1/chat/completions   POST /v1/completions   GET /v1/models
+    GET /health   GET /metrics (Prometheus text)   GET / (the web chat page)   GET /docs (OpenAPI)
+
+Handlers validate (protocol.py), build the prompt and SamplingParams (openai_serving.py), hand the request to the
+AsyncEngine and turn its cumulative outputs into a JSON response or an SSE stream. A pure-ASGI gate in front checks
+the API key on /v1/* (constant-time compare) and counts requests per endpoint and status for /metrics.
+"""
+from __future__ import annotations
+
+import contextlib
+import hmac
+import html
+import time
+from importlib import resources
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+
+from r1kit.server import openai_serving as serving
+from r1kit.server.async_engine import AsyncEngine
+from r1kit.server.errors import APIError, error_body, install_error_handlers
+from r1kit.server.metrics import Metrics
+from r1kit.server.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
+
+_ENDPOINTS = {"/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics", "/"}
+
+
+class _Gate:
+    """ASGI middleware: API key on /v1/*, and per-endpoint/status request counting."""
+
+    def __init__(self, app, api_key: str | None, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+        self.api_key = api_key.encode() if api_key else None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope.get("path", "")
+        endpoint = path if path in _ENDPOINTS else "other"
+        status = [500]
+
+        async def send_and_count(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            if self.api_key is not None and path.startswith("/v1") and not self._authorized(scope):
+                body = error_body(401, "missing or invalid API key: send the header 'Authorization: Bearer <key>'",
+                                  code="invalid_api_key")
+                await JSONResponse(body, status_code=401, headers={"WWW-Authenticate": "Bearer"})(
+                    scope, receive, send_and_count)
+                return
+            await self.app(scope, receive, send_and_count)
+        finally:
+            self.metrics.count_request(endpoint, status[0])
+
+    def _authorized(self, scope) -> bool:
+        for name, value in scope.get("headers", ()):
+            if name == b"authorization":
+                scheme, _, token = value.partition(b" ")
+                return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.api_key)
+            if name == b"x-api-key":
+                return hmac.compare_digest(value.strip(), self.api_key)
+        return False
+
+
+def create_app(engine, served_model_name: str = "r1kit", *, api_key: str | None = None,
+               reasoning: bool = True, max_thinking_tokens: int | None = None, max_queue: int = 512,
+               max_model_len: int | None = None, model_aliases: tuple[str, ...] = ()) -> FastAPI:
+    """An app serving `engine` (an LLMEngine, or an AsyncEngine already wrapping one).
+
+    served_model_name: the id in /v1/models and responses; requests may name it, an alias, or omit `model`.
+    reasoning: False when the model does not think (--reasoning-parser none): no reasoning_content is sent.
+    max_thinking_tokens: default thinking budget for requests that do not set one.
+    max_model_len: context limit for the prompt-length check (default: the engine's).
+    """
+    async_engine = engine if isinstance(engine, AsyncEngine) else AsyncEngine(engine, max_queue=max_queue)
+    metrics = Metrics()
+    ctx = serving.ServingContext(
+        engine=async_engine, metrics=metrics, model_name=served_model_name,
+        model_names={served_model_name, *model_aliases}, reasoning=reasoning,
+        max_thinking_tokens=max_thinking_tokens,
+        max_model_len=max_model_len or serving.engine_max_model_len(async_engine.engine))
+    created = int(time.time())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        async_engine.shutdown()
+
+    app = FastAPI(title="r1kit", summary="OpenAI-compatible API for reasoning models", lifespan=lifespan)
+    app.state.serving = ctx
+    app.state.async_engine = async_engine
+    install_error_handlers(app)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(req: ChatCompletionRequest, request: Request):
+        return await serving.chat_completion(ctx, req, request)
+
+    @app.post("/v1/completions")
+    async def completions(req: CompletionRequest, request: Request):
+        return await serving.completion(ctx, req, request)
+
+    @app.get("/v1/models", response_model=ModelList)
+    async def models():
+        return ModelList(data=[ModelCard(id=served_model_name, created=created, max_model_len=ctx.max_model_len)])
+
+    @app.get("/v1/models/{model_id:path}", response_model=ModelCard)
+    async def model(model_id: str):
+        if model_id not in ctx.model_names:
+            raise APIError(404, f"model {model_id!r} not found; this server serves {served_model_name!r}",
+                           param="model", code="model_not_found")
+        return ModelCard(id=served_model_name, created=created, max_model_len=ctx.max_model_len)
+
+    @app.get("/health")
+    async def health():
+        if not async_engine.alive():
+            raise APIError(503, "the engine thread has stopped", code="engine_dead")
+        return {"status": "ok", "model": served_model_name}
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def prometheus():
+        return PlainTextResponse(metrics.render(async_engine.stats, async_engine.in_flight),
+                                 media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    page = resources.files("r1kit.server").joinpath("static/chat.html").read_text(encoding="utf-8")
+
+    @app.get("/", response_class=HTMLResponse)
+    async def index():
+        return HTMLResponse(page.replace("{{MODEL}}", html.escape(served_model_name)))
+
+    app.add_middleware(_Gate, api_key=api_key, metrics=metrics)
+    return app

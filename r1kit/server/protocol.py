@@ -1,0 +1,237 @@
+"""The wire contract of the OpenAI-compatible API: request and response schemas.
+
+Requests are validated here, before anything reaches the engine, so a malformed body is a 400 naming the bad field
+(see errors.py), never an exception deep in the engine. Field names and meanings follow OpenAI's API; reasoning
+models add what DeepSeek's API, vLLM, SGLang and llama.cpp add:
+
+    response  message.reasoning_content / delta.reasoning_content   the thinking (text up to </think>)
+              message.content / delta.content                         the answer
+              usage.completion_tokens_details.reasoning_tokens        tokens spent thinking
+    request   max_thinking_tokens: int         thinking budget; when spent, the engine closes the thinking block
+              return_token_ids: true            also return prompt_token_ids and choices[].token_ids
+              thinking: false                   answer without thinking (the prompt pre-fills an empty block);
+              chat_template_kwargs: {"thinking": false}   the same, spelled as vLLM/SGLang clients send it
+              messages[].reasoning_content      accepted and dropped (earlier turns keep only the answer)
+
+Unknown top-level fields are ignored (clients send vendor extensions); fields we know are checked strictly.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Annotated, Any, Literal, Optional, Union
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+
+def _well_formed(s: str) -> str:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text must be valid Unicode (no lone surrogates)") from None
+    return s
+
+
+Text = Annotated[str, AfterValidator(_well_formed)]
+StopStrings = Union[Annotated[Text, Field(min_length=1)], Annotated[list[Annotated[Text, Field(min_length=1)]],
+                                                                   Field(max_length=16)]]
+Seed = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+
+class StreamOptions(_Request):
+    include_usage: bool = False
+
+
+class _SamplingFields(_Request):
+    """Sampling fields common to both endpoints (OpenAI names; top_k, min_p, repetition_penalty as in vLLM)."""
+
+    model: Optional[str] = None
+    temperature: Optional[float] = Field(None, ge=0, le=2)
+    top_p: Optional[float] = Field(None, gt=0, le=1)
+    top_k: Optional[int] = Field(None, ge=-1, le=1_000_000)
+    min_p: Optional[float] = Field(None, ge=0, le=1)
+    max_tokens: Optional[int] = Field(None, ge=1)
+    n: int = Field(1, ge=1, le=32)
+    stop: Optional[StopStrings] = None
+    seed: Optional[Seed] = None
+    stream: bool = False
+    stream_options: Optional[StreamOptions] = None
+    presence_penalty: float = Field(0.0, ge=-2, le=2)
+    frequency_penalty: float = Field(0.0, ge=-2, le=2)
+    repetition_penalty: float = Field(1.0, gt=0, le=10)
+    min_tokens: int = Field(0, ge=0)
+    ignore_eos: bool = False
+    max_thinking_tokens: Optional[int] = Field(None, ge=0)
+    return_token_ids: bool = False  # extension (as vLLM): prompt_token_ids and choices[].token_ids, non-streaming
+    user: Optional[str] = None
+
+
+class TextPart(_Request):
+    type: Literal["text"]
+    text: Text
+
+
+class ChatMessage(_Request):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Optional[Union[Text, list[TextPart]]] = None
+    reasoning_content: Optional[str] = None  # accepted, never put back into the prompt
+    name: Optional[str] = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(p.text for p in self.content)
+        return self.content or ""
+
+
+class ChatCompletionRequest(_SamplingFields):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: Optional[int] = Field(None, ge=1)
+    logprobs: bool = False
+    top_logprobs: Optional[int] = Field(None, ge=0, le=20)
+    thinking: Optional[bool] = None
+    chat_template_kwargs: Optional[dict[str, Any]] = None
+
+    def thinking_enabled(self) -> bool:
+        if self.thinking is not None:
+            return self.thinking
+        kwargs = self.chat_template_kwargs or {}
+        for key in ("thinking", "enable_thinking"):
+            if key in kwargs:
+                return bool(kwargs[key])
+        return True
+
+
+class CompletionRequest(_SamplingFields):
+    prompt: Union[Text, Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]]
+    logprobs: Optional[int] = Field(None, ge=0, le=20)
+    echo: bool = False
+
+
+# ---- responses ----
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def now() -> int:
+    return int(time.time())
+
+
+class CompletionTokensDetails(BaseModel):
+    reasoning_tokens: int = 0
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    completion_tokens_details: CompletionTokensDetails
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprob]
+
+
+class ResponseMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: Optional[str]
+    reasoning_content: Optional[str] = None
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: ResponseMessage
+    logprobs: Optional[ChoiceLogprobs] = None
+    finish_reason: Optional[str]
+
+
+class ChatCompletionResponse(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class Delta(BaseModel):
+    role: Optional[Literal["assistant"]] = None
+    content: Optional[str] = None
+    reasoning_content: Optional[str] = None
+
+
+class ChatChunkChoice(BaseModel):
+    index: int
+    delta: Delta
+    logprobs: Optional[ChoiceLogprobs] = None
+    finish_reason: Optional[str] = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: Optional[Usage] = None
+
+
+class CompletionLogprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: Optional[list[dict[str, float]]]
+    text_offset: list[int]
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: Optional[CompletionLogprobs] = None
+    finish_reason: Optional[str]
+
+
+class CompletionResponse(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Optional[Usage] = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "r1kit"
+    max_model_len: Optional[int] = None
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorInfo(BaseModel):
+    message: str
+    type: str
+    param: Optional[str] = None
+    code: Optional[str] = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorInfo

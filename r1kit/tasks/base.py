@@ -1,0 +1,110 @@
+"""A task is examples (model input + gold answer + verifier name) and the scorer that checks completions.
+
+Tasks are named by one spec string, the way trainers and the CLI take them:
+
+    load_task("arithmetic?digits=3&ops=+-*&n=200&seed=0&split=train&template=r1_distill")
+    load_task("countdown?numbers=4&max_value=100&n=500")
+    load_task("reasoning_gym:chain_sum?n=100&seed=1&min_terms=2")   # unknown keys go to the dataset's config
+    load_task("jsonl:data/my.jsonl")  /  load_task("data/my.jsonl")
+    load_task("humaneval")
+
+Common keys: n (number of examples), seed, split ("train" | "test": held out by seed and, for built-in tasks, also by
+content), template ("r1_distill" | "r1_zero" | "plain"). Values are parsed as int, float, true/false, else string.
+Keyword arguments to load_task override the spec's keys.
+
+Example dict fields: question (raw text), messages (chat input) or prompt (raw-text input, r1_zero), answer (gold,
+str), verifier (a name in r1kit.rewards.VERIFIERS), metadata (dict); code examples add tests and code_prefix.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+from urllib.parse import parse_qsl
+
+from r1kit.errors import UserError
+from r1kit.rewards.registry import RewardFn, accuracy_reward
+
+
+@dataclass
+class Task:
+    name: str
+    examples: list[dict]
+    scorer: RewardFn = accuracy_reward
+    reference: Callable[[dict], str] | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __iter__(self):
+        return iter(self.examples)
+
+    def __getitem__(self, i):
+        return self.examples[i]
+
+    def score(self, completion: str, example: dict) -> float:
+        return float(self.scorer(completion, example))
+
+    def reference_solution(self, example: dict) -> str:
+        """A completion with step-by-step reasoning and the right final answer (cold-start SFT data)."""
+        if self.reference is None:
+            raise UserError(f"task {self.name!r} has no reference solutions")
+        return self.reference(example)
+
+
+TaskLoader = Callable[[str, dict], Task]  # (argument after "name:", params) -> Task
+TASK_SOURCES: dict[str, TaskLoader] = {}
+
+
+def register_task_source(name: str):
+    def deco(fn: TaskLoader) -> TaskLoader:
+        TASK_SOURCES[name] = fn
+        return fn
+
+    return deco
+
+
+def _parse_value(v: str):
+    if v.lower() in ("true", "false"):
+        return v.lower() == "true"
+    for conv in (int, float):
+        try:
+            return conv(v)
+        except ValueError:
+            pass
+    return v
+
+
+def parse_task_spec(spec: str) -> tuple[str, str, dict]:
+    """"source:arg?k=v&k2=v2" -> (source, arg, params). A bare path ending in .jsonl means jsonl:path."""
+    head, _, query = spec.partition("?")
+    params = {k: _parse_value(v) for k, v in parse_qsl(query, keep_blank_values=True, strict_parsing=False)}
+    if query and not params:
+        raise UserError(f"task spec {spec!r}: write options as ?key=value&key2=value2")
+    if head.endswith(".jsonl") and not head.startswith("jsonl:"):
+        head = "jsonl:" + head
+    source, _, arg = head.partition(":")
+    return source, arg, params
+
+
+def load_task(spec: str, **overrides) -> Task:
+    """The one way to get a task; see the module docstring for the spec format."""
+    from r1kit.tasks import procedural, sources  # noqa: F401  (register the sources)
+
+    source, arg, params = parse_task_spec(spec)
+    params.update(overrides)
+    if source not in TASK_SOURCES:
+        raise UserError(f"unknown task source {source!r} in {spec!r}; known: {', '.join(sorted(TASK_SOURCES))} "
+                        "or a path ending in .jsonl")
+    split = params.get("split", "train")
+    if split not in ("train", "test"):
+        raise UserError(f"split must be 'train' or 'test', got {split!r}")
+    return TASK_SOURCES[source](arg, params)
+
+
+def pop_params(params: dict, spec_name: str, **defaults) -> dict:
+    """Take the known keys (with defaults) out of params; leftover keys are an error naming what is allowed."""
+    out = {k: params.pop(k, v) for k, v in defaults.items()}
+    if params:
+        raise UserError(f"task {spec_name!r} has no option(s) {', '.join(sorted(params))}; "
+                        f"allowed: {', '.join(sorted(defaults))}")
+    return out

@@ -1,0 +1,186 @@
+"""Built-in procedural tasks for tiny models: multi-digit arithmetic with carries, and countdown.
+
+Each has difficulty knobs, a step-by-step reference solution (the <think> body a cold-start SFT target needs) and
+held-out splits: the train and test streams use different seeds, and every problem is assigned to one split by a hash
+of its text (1 in 10 to test), so a test problem never appears in any train set, whatever the seeds.
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+from fractions import Fraction
+
+from r1kit.errors import UserError
+from r1kit.tasks.base import Task, pop_params, register_task_source
+from r1kit.tasks.templates import apply_template, format_completion
+
+_TEST_SHARE = 10  # one problem in ten belongs to the test split
+
+
+def split_of(question: str) -> str:
+    return "test" if int(hashlib.sha256(question.encode()).hexdigest(), 16) % _TEST_SHARE == 0 else "train"
+
+
+def _generate(make, n: int, seed: int, split: str, name: str) -> list[dict]:
+    rng = random.Random(f"{name}:{split}:{seed}")
+    out, seen = [], set()
+    for _ in range(200 * n + 1000):
+        if len(out) == n:
+            return out
+        ex = make(rng)
+        if ex is not None and split_of(ex["question"]) == split and ex["question"] not in seen:
+            seen.add(ex["question"])
+            out.append(ex)
+    raise UserError(f"task {name!r}: could not make {n} distinct {split} problems at this difficulty; lower n")
+
+
+# --- arithmetic -------------------------------------------------------------------------------------------------
+
+def _digits(x: int) -> list[int]:
+    return [int(c) for c in reversed(str(x))]
+
+
+def _addition_steps(a: int, b: int) -> list[str]:
+    da, db, carry, out = _digits(a), _digits(b), 0, []
+    for i in range(max(len(da), len(db))):
+        x, y = (da[i] if i < len(da) else 0), (db[i] if i < len(db) else 0)
+        s = x + y + carry
+        note = f" plus carry {carry}" if carry else ""
+        out.append(f"Column {i + 1} from the right: {x} + {y}{note} = {s}; write {s % 10}"
+                   + (f", carry {s // 10}." if s >= 10 else "."))
+        carry = s // 10
+    if carry:
+        out.append(f"Write the final carry {carry}.")
+    return out
+
+
+def _subtraction_steps(a: int, b: int) -> list[str]:
+    out = []
+    if a < b:
+        out.append(f"{a} is smaller than {b}, so compute {b} - {a} and make it negative.")
+        a, b = b, a
+    da, db, borrow = _digits(a), _digits(b), 0
+    for i in range(len(da)):
+        x, y = da[i] - borrow, (db[i] if i < len(db) else 0)
+        note = " (after lending 1)" if borrow else ""
+        if x < y:
+            out.append(f"Column {i + 1} from the right: {x}{note} is less than {y}, borrow 10: {x + 10} - {y} = {x + 10 - y}.")
+            borrow = 1
+        else:
+            out.append(f"Column {i + 1} from the right: {x}{note} - {y} = {x - y}.")
+            borrow = 0
+    return out
+
+
+def _multiplication_steps(a: int, b: int) -> list[str]:
+    out, total = [], 0
+    for i, d in enumerate(_digits(b)):
+        part = a * d * 10 ** i
+        out.append(f"{a} * {d * 10 ** i} = {part}.")
+        if i:
+            out.append(f"Running sum: {total} + {part} = {total + part}.")
+        total += part
+    return out
+
+
+_OPS = {"+": (lambda a, b: a + b, _addition_steps), "-": (lambda a, b: a - b, _subtraction_steps),
+        "*": (lambda a, b: a * b, _multiplication_steps)}
+
+
+def _has_carry(a: int, b: int, op: str) -> bool:
+    da, db = _digits(a), _digits(b)
+    if op == "+":
+        return any(x + y >= 10 for x, y in zip(da, db))
+    if op == "-":
+        hi, lo = (da, db) if a >= b else (db, da)
+        return any(x < y for x, y in zip(hi, lo))
+    return True
+
+
+def arithmetic_reference(example: dict) -> str:
+    m = example["metadata"]
+    a, b, op = m["a"], m["b"], m["op"]
+    steps = _OPS[op][1](a, b)
+    result = int(example["answer"])
+    check = {"+": f"{result} - {b} = {a}", "-": f"{result} + {b} = {a}", "*": f"{result} / {b} = {a}"}[op]
+    reasoning = f"I need to compute {a} {op} {b}. I'll work it out step by step.\n" + "\n".join(steps)
+    reasoning += f"\nSo {a} {op} {b} = {result}. Let me check by inverting it: {check}. Correct."
+    return format_completion(example, reasoning, example["answer"])
+
+
+@register_task_source("arithmetic")
+def load_arithmetic(arg: str, params: dict) -> Task:
+    p = pop_params(params, "arithmetic", digits=3, ops="+-*", carries=True, n=200, seed=0, split="train",
+                   template="r1_distill")
+    if not 1 <= int(p["digits"]) <= 30:
+        raise UserError(f"arithmetic: digits must be 1..30, got {p['digits']}")
+    ops = str(p["ops"])
+    if not ops or any(o not in _OPS for o in ops):
+        raise UserError(f"arithmetic: ops must be a string of + - *, got {ops!r}")
+    lo, hi = 10 ** (int(p["digits"]) - 1), 10 ** int(p["digits"]) - 1
+
+    def make(rng):
+        a, b, op = rng.randint(lo, hi), rng.randint(lo, hi), rng.choice(ops)
+        if p["carries"] and not _has_carry(a, b, op):
+            return None
+        q = f"Compute {a} {op} {b}."
+        ex = {"question": q, "answer": str(_OPS[op][0](a, b)), "verifier": "numeric",
+              "metadata": {"task": "arithmetic", "a": a, "b": b, "op": op}}
+        return apply_template(ex, p["template"])
+
+    examples = _generate(make, int(p["n"]), int(p["seed"]), p["split"], f"arithmetic:{p['digits']}:{ops}")
+    return Task(f"arithmetic?digits={p['digits']}&ops={ops}", examples, reference=arithmetic_reference)
+
+
+# --- countdown --------------------------------------------------------------------------------------------------
+
+def _build_countdown(rng: random.Random, numbers: list[int]):
+    """Combine the numbers in random order with random ops, keeping every intermediate a positive integer.
+    Returns (target, expression, steps) or None."""
+    items = [(Fraction(x), str(x)) for x in numbers]
+    rng.shuffle(items)
+    steps = []
+    while len(items) > 1:
+        (x, ex), (y, ey) = items.pop(), items.pop()
+        if x < y:
+            (x, ex), (y, ey) = (y, ey), (x, ex)
+        choices = ["+", "*"] + (["-"] if x > y else []) + (["/"] if y and x % y == 0 and y != 1 else [])
+        op = rng.choice(choices)
+        value = {"+": x + y, "-": x - y, "*": x * y, "/": x / y if y else None}[op]
+        steps.append(f"{x} {op} {y} = {value}.")
+        items.insert(rng.randrange(len(items) + 1), (value, f"({ex} {op} {ey})"))
+    value, expr = items[0]
+    expr = expr[1:-1] if expr.startswith("(") else expr
+    return int(value), expr, steps
+
+
+def countdown_reference(example: dict) -> str:
+    m = example["metadata"]
+    reasoning = (f"I need to reach {m['target']} using each of {', '.join(map(str, m['numbers']))} exactly once.\n"
+                 "Let me combine them step by step:\n" + "\n".join(m["steps"])
+                 + f"\nThat reaches {m['target']}, and every number was used once. The expression is {m['expression']}.")
+    return format_completion(example, reasoning, m["expression"])
+
+
+@register_task_source("countdown")
+def load_countdown(arg: str, params: dict) -> Task:
+    p = pop_params(params, "countdown", numbers=4, max_value=100, max_target=1000, n=200, seed=0, split="train",
+                   template="r1_distill")
+    count, max_value = int(p["numbers"]), int(p["max_value"])
+    if not 2 <= count <= 8 or max_value < 2:
+        raise UserError(f"countdown: numbers must be 2..8 and max_value >= 2, got {count} and {max_value}")
+
+    def make(rng):
+        nums = [rng.randint(1, max_value) for _ in range(count)]
+        target, expr, steps = _build_countdown(rng, nums)
+        if not 1 <= target <= int(p["max_target"]) or target in nums:
+            return None
+        q = (f"Using the numbers {nums}, create an equation that equals {target}. Use each number exactly once, "
+             "with only + - * / and parentheses. Give the expression as the final answer.")
+        ex = {"question": q, "answer": expr, "verifier": "countdown",
+              "metadata": {"task": "countdown", "numbers": nums, "target": target, "expression": expr, "steps": steps}}
+        return apply_template(ex, p["template"])
+
+    examples = _generate(make, int(p["n"]), int(p["seed"]), p["split"], f"countdown:{count}:{max_value}")
+    return Task(f"countdown?numbers={count}&max_value={max_value}", examples, reference=countdown_reference)
+

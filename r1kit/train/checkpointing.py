@@ -1,0 +1,160 @@
+"""Crash-safe training checkpoints: a kill -9 at any moment never leaves a checkpoint that looks complete but isn't.
+
+Layout of a run directory:
+    RUN/checkpoints/step-000040/model/          the policy in Hugging Face layout (+ tokenizer files), loadable as --model
+    RUN/checkpoints/step-000040/trainer_state.pt optimizer, scheduler, RNG states, data position, step, metrics state
+    RUN/checkpoints/step-000040/COMPLETE        written last
+    RUN/checkpoints/latest                      name of the newest complete checkpoint (written atomically)
+A checkpoint is first written into RUN/checkpoints/.tmp-step-000040-<pid>, every file fsynced, the COMPLETE marker
+added, and only then renamed to its final name (a rename is atomic). Temporary directories left by a killed process
+are ignored and removed; `latest_checkpoint` also falls back to scanning when the pointer is stale.
+"""
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from r1kit.config import atomic_write_text
+
+STATE_FILE = "trainer_state.pt"
+MARKER = "COMPLETE"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                   "generation_config.json", "tokenizer.model")
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    try:
+        import numpy as np
+
+        state["numpy"] = np.random.get_state()
+    except ImportError:
+        pass
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if "numpy" in state:
+        import numpy as np
+
+        np.random.set_state(state["numpy"])
+
+
+def copy_tokenizer_files(src: str | os.PathLike | None, dst: str | os.PathLike) -> None:
+    """Copy the tokenizer files of model directory `src` (if it is a local directory) next to saved weights."""
+    if src is None or not Path(src).is_dir():
+        return
+    for name in TOKENIZER_FILES:
+        if (Path(src) / name).is_file() and not (Path(dst) / name).exists():
+            shutil.copy2(Path(src) / name, Path(dst) / name)
+
+
+def _fsync_tree(root: Path) -> None:
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+    for d in [root, *[p for p in root.rglob("*") if p.is_dir()]]:
+        _fsync_dir(d)
+
+
+def _fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def checkpoints_dir(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def clean_partial(run_dir: str | os.PathLike) -> None:
+    """Remove temporary directories of saves that never finished (a killed process)."""
+    root = checkpoints_dir(run_dir)
+    if root.is_dir():
+        for p in root.glob(".tmp-*"):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def complete_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    root = checkpoints_dir(run_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        m = _STEP_DIR.match(p.name)
+        if m and p.is_dir() and (p / MARKER).is_file() and (p / STATE_FILE).is_file():
+            found.append((int(m.group(1)), p))
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint (the `latest` pointer if it is valid, else by scanning), or None."""
+    root = checkpoints_dir(run_dir)
+    pointer = root / "latest"
+    if pointer.is_file():
+        p = root / pointer.read_text().strip()
+        if (p / MARKER).is_file() and (p / STATE_FILE).is_file():
+            newer = complete_checkpoints(run_dir)
+            return newer[-1] if newer and newer[-1].name > p.name else p
+    found = complete_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def save_checkpoint(run_dir: str | os.PathLike, step: int, model: torch.nn.Module, state: dict[str, Any], *,
+                    keep_last: int = 2, tokenizer_src: str | os.PathLike | None = None,
+                    save_model_fn: Callable[[torch.nn.Module, Path], None] | None = None) -> Path:
+    """Atomically save `model` (HF layout) and `state` (optimizer/scheduler state dicts, data position, ...) as
+    step-N, add the RNG states, point `latest` at it and delete all but the newest `keep_last` checkpoints."""
+    if save_model_fn is None:
+        from r1kit.models.checkpoint import save_model as save_model_fn
+    root = checkpoints_dir(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"step-{step:06d}"
+    tmp = root / f".tmp-{name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    save_model_fn(model, tmp / "model")
+    copy_tokenizer_files(tokenizer_src, tmp / "model")
+    torch.save({**state, "step": step, "rng": rng_state()}, tmp / STATE_FILE)
+    (tmp / MARKER).write_text(f"{step}\n")
+    _fsync_tree(tmp)
+    final = root / name
+    if final.exists():                       # re-saving the same step (e.g. after a resume): replace it
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(root)
+    atomic_write_text(root / "latest", name + "\n")
+    for old in complete_checkpoints(run_dir)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_trainer_state(ckpt: str | os.PathLike, restore_rng: bool = True) -> dict[str, Any]:
+    """Read trainer_state.pt of a checkpoint and (by default) restore the RNG states it holds."""
+    state = torch.load(Path(ckpt) / STATE_FILE, map_location="cpu", weights_only=False)
+    if restore_rng:
+        set_rng_state(state["rng"])
+    return state

@@ -1,0 +1,108 @@
+"""Multi-process training under torchrun: process group, model wrapping, reductions, rank-0-only files.
+
+`torchrun --nproc-per-node N -m r1kit train sft|grpo ...` sets WORLD_SIZE/RANK/LOCAL_RANK; `init_distributed` then
+joins the process group (gloo on CPU, nccl on GPU). Without torchrun everything here is a no-op on one process, so
+the trainers have a single code path. Each rank works on its own share of the global batch (SFT rows, GRPO whole
+prompt groups); losses are normalised by the GLOBAL token/sequence counts and the model is wrapped in DDP, whose
+gradient averaging is undone by scaling the loss by world_size, so N processes compute exactly the gradient one
+process would on the whole batch. `fsdp=True` shards parameters with FSDP2's `fully_shard` instead of DDP.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from r1kit.device import resolve_device
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: str | None = "auto") -> DistInfo:
+    """Join the torchrun process group when WORLD_SIZE > 1 and pick this rank's device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", local if dev.index is None else dev.index)
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+    return DistInfo(rank=rank, world_size=world, local_rank=local, device=dev)
+
+
+def wrap_model(model: torch.nn.Module, info: DistInfo, fsdp: bool = False) -> torch.nn.Module:
+    """DDP (or FSDP2 fully_shard) around `model` when running on several processes; `model` itself otherwise."""
+    if not info.enabled:
+        return model
+    if fsdp:
+        from torch.distributed.fsdp import fully_shard
+
+        layers = getattr(getattr(model, "model", model), "layers", [])
+        for layer in layers:
+            fully_shard(layer)
+        fully_shard(model)
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [info.device.index] if info.device.type == "cuda" else None
+    # MoE experts that receive no token on a rank get no gradient there: find_unused_parameters handles that.
+    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return getattr(model, "module", model)
+
+
+def all_reduce_sum(values: list[float] | torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Sum a small vector of numbers over ranks (returned as a float64 CPU tensor)."""
+    t = torch.as_tensor(values, dtype=torch.float64).clone()
+    if info.enabled:
+        dev_t = t.to(info.device) if info.device.type == "cuda" else t
+        dist.all_reduce(dev_t, op=dist.ReduceOp.SUM)
+        t = dev_t.cpu()
+    return t
+
+
+def all_reduce_max(values: list[float] | torch.Tensor, info: DistInfo) -> torch.Tensor:
+    t = torch.as_tensor(values, dtype=torch.float64).clone()
+    if info.enabled:
+        dev_t = t.to(info.device) if info.device.type == "cuda" else t
+        dist.all_reduce(dev_t, op=dist.ReduceOp.MAX)
+        t = dev_t.cpu()
+    return t
+
+
+def all_gather_objects(obj, info: DistInfo) -> list:
+    if not info.enabled:
+        return [obj]
+    out = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()
+
+
+def shutdown(info: DistInfo) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,320 @@
+"""GRPO training (the R1-Zero recipe): sample G completions per prompt, reward them by rules, push up the better ones.
+
+One optimizer step:
+  1. rollout  : this rank's share of prompts (whole groups) -> r1kit's engine over the live policy -> completions
+                with their rollout-time logprobs; rewards (+ the soft overlong penalty); with dynamic sampling,
+                groups whose rewards are all equal are dropped and more prompts drawn until the share is full.
+  2. advantage: group-relative (advantages.py), per completion; truncated completions masked if asked.
+  3. train    : the engine's KV memory is released; num_iterations passes of micro-batched forward/backward of the
+                clipped objective (losses.py) against the rollout logprobs (num_iterations > 1) or the detached
+                current ones (== 1, as TRL), k3 KL to a frozen reference when beta > 0; clip, step, router bias.
+  4. log      : metrics.jsonl (+ samples.jsonl), checkpoints (checkpointing.py).
+Examples are dicts with "prompt" (a string or chat messages) plus whatever the rewards need; rewards are
+(completion_text, example) -> float callables with weights.
+"""
+from __future__ import annotations
+
+import copy
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from tqdm import tqdm
+
+from r1kit.errors import UserError
+from r1kit.train.advantages import fill_informative_groups, group_advantages, zero_variance_fraction
+from r1kit.train.checkpointing import load_trainer_state, save_checkpoint
+from r1kit.train.config import GRPOConfig
+from r1kit.train.distributed import (DistInfo, all_gather_objects, all_reduce_max, all_reduce_sum, barrier,
+                                     init_distributed, unwrap, wrap_model)
+from r1kit.train.losses import grpo_loss, token_logprobs
+from r1kit.train.optim import build_optimizer
+from r1kit.train.rollout import EngineRollout, Sample
+from r1kit.train.run import (RunLog, Timer, autocast_context, find_resume_checkpoint, grad_norm_and_clip,
+                             load_policy, router_bias_update, save_final, aux_loss)
+
+
+@dataclass
+class WeightedReward:
+    name: str
+    fn: Callable[[str, dict], float]
+    weight: float
+
+
+def overlong_penalty(length: int, max_len: int, buffer: int, penalty: float) -> float:
+    """DAPO's soft overlong punishment: 0 up to max_len - buffer, then linearly down to -penalty at max_len."""
+    if buffer <= 0 or length <= max_len - buffer:
+        return 0.0
+    return -penalty * min(1.0, (length - (max_len - buffer)) / buffer)
+
+
+def score(samples: list[Sample], rewards: list[WeightedReward], cfg: GRPOConfig) -> None:
+    for s in samples:
+        s.rewards = {r.name: float(r.fn(s.text, s.example)) for r in rewards}
+        s.reward = sum(r.weight * s.rewards[r.name] for r in rewards)
+        s.reward += overlong_penalty(len(s.completion_ids), cfg.max_completion_length, cfg.overlong_buffer,
+                                     cfg.overlong_penalty)
+
+
+def render_prompt(tokenizer, example: dict[str, Any], max_len: int) -> list[int]:
+    prompt = example.get("prompt")
+    if prompt is None:
+        raise UserError(f"task example has no 'prompt': keys {sorted(example)}")
+    messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": str(prompt)}]
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    return list(ids[-max_len:])
+
+
+class PromptStream:
+    """Rank-local, resumable stream of examples: rank r reads positions r, r + W, r + 2W, ... of a seeded
+    per-epoch permutation of the examples."""
+
+    def __init__(self, examples: list[dict], seed: int, rank: int, world: int):
+        self.examples, self.seed, self.rank, self.world = examples, seed, rank, world
+        self.cursor = 0
+
+    def next(self) -> dict:
+        c = self.cursor * self.world + self.rank
+        self.cursor += 1
+        epoch, pos = divmod(c, len(self.examples))
+        order = list(range(len(self.examples)))
+        random.Random(self.seed * 7919 + epoch).shuffle(order)
+        return self.examples[order[pos]]
+
+
+def batch_tensors(samples: list[Sample], pad_id: int, device: torch.device):
+    """Samples -> ids [B, L] (prompt + completion, right-padded), mask [B, L-1] of completion targets, and the
+    rollout logprobs laid out on the same [B, L-1] grid (or None)."""
+    L = max(len(s.prompt_ids) + len(s.completion_ids) for s in samples)
+    ids = torch.full((len(samples), L), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(samples), L - 1)
+    old = torch.zeros(len(samples), L - 1)
+    have_old = all(s.logprobs is not None for s in samples)
+    for b, s in enumerate(samples):
+        P, C = len(s.prompt_ids), len(s.completion_ids)
+        ids[b, :P + C] = torch.tensor(s.prompt_ids + s.completion_ids)
+        mask[b, P - 1:P - 1 + C] = 1.0
+        if have_old and C:
+            old[b, P - 1:P - 1 + C] = torch.tensor(s.logprobs)
+    return ids.to(device), mask.to(device), (old.to(device) if have_old else None)
+
+
+def policy_logprobs(model, ids: torch.Tensor, temperature: float, device, dtype: str, with_entropy: bool = False):
+    with autocast_context(device, dtype):
+        logits = model(ids)                                              # [B, L, V]
+    return token_logprobs(logits[:, :-1], ids[:, 1:], temperature, with_entropy)
+
+
+def train_grpo(model: str, out: str, cfg: GRPOConfig, tasks: list[str] = (), reward: str | None = None,
+               resume: bool | str = False, examples: list[dict] | None = None,
+               rewards: list[WeightedReward] | None = None, extra_config: dict | None = None) -> Path:
+    """Train `model` with GRPO on `tasks` (or the given `examples` and `rewards`); returns the final model dir."""
+    from r1kit.tokenizer import load_tokenizer
+
+    info = init_distributed(cfg.device)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    if cfg.prompts_per_step % info.world_size:
+        raise UserError(f"prompts_per_step ({cfg.prompts_per_step}) must be a multiple of the number of "
+                        f"processes ({info.world_size}): each rank rolls out whole groups")
+    if examples is None or rewards is None:
+        from r1kit.train.task_data import examples_and_rewards
+
+        ex2, rw2 = examples_and_rewards(list(tasks), reward, cfg.seed)
+        examples, rewards = examples if examples is not None else ex2, rewards if rewards is not None else rw2
+    if not examples:
+        raise UserError("no prompts: give --task NAME")
+    log = RunLog(out, info)
+    log.save_config(cfg, {"model": model, "tasks": list(tasks), "reward": reward, "world_size": info.world_size,
+                          "rewards": {r.name: r.weight for r in rewards}, **(extra_config or {})})
+    ckpt = find_resume_checkpoint(out, resume)
+    tokenizer = load_tokenizer(model)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    policy = load_policy(ckpt / "model" if ckpt else model, info.device)
+    optimizer, scheduler = build_optimizer(policy, cfg)
+    ref = None
+    if cfg.beta > 0:
+        ref = load_policy(model, info.device).eval().requires_grad_(False)
+    stream = PromptStream(examples, cfg.seed, info.rank, info.world_size)
+    start = 0
+    if ckpt is not None:
+        state = load_trainer_state(ckpt)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        stream.cursor = state["prompt_cursors"][info.rank]
+        if ref is not None and state.get("ref") is not None:
+            ref.load_state_dict(state["ref"])
+        start = state["step"]
+        log.truncate_after(start)
+    train_model = wrap_model(policy, info, cfg.fsdp)
+    local_groups = cfg.prompts_per_step // info.world_size
+    engine = EngineRollout(unwrap(policy), tokenizer, cfg.max_prompt_length + cfg.max_completion_length,
+                           local_groups * cfg.num_generations, cfg.kv_cache_memory_gb)
+
+    bar = tqdm(range(start, cfg.max_steps), initial=start, total=cfg.max_steps, disable=not info.is_main,
+               desc="grpo", dynamic_ncols=True)
+    for step in bar:
+        t0 = time.perf_counter()
+        # ---- 1. rollout -------------------------------------------------------------------------------------
+        engine.wake()
+        draws = [0]
+
+        def draw(k: int) -> list[list[Sample]]:
+            exs = [stream.next() for _ in range(k)]
+            prompts = [render_prompt(tokenizer, e, cfg.max_prompt_length) for e in exs]
+            seeds = [(cfg.seed * 1_000_003 + step * 10_007 + info.rank * 101 + draws[0] * 13 + j) % (2 ** 31)
+                     for j in range(k)]
+            draws[0] += 1
+            groups = engine.generate(prompts, exs, list(range(k)), cfg.num_generations, seeds,
+                                     cfg.max_completion_length, cfg.temperature, cfg.top_p)
+            for g in groups:
+                score(g, rewards, cfg)
+            return groups
+
+        if cfg.dynamic_sampling:
+            groups, _ = fill_informative_groups(draw, local_groups, lambda g: len({s.reward for s in g}) > 1,
+                                                cfg.max_dynamic_draws)
+        else:
+            groups = draw(local_groups)
+        engine.release_memory()
+        t_rollout = time.perf_counter() - t0
+        samples = [s for g in groups for s in g]
+        reward_t = torch.tensor([s.reward for s in samples])
+        adv = group_advantages(reward_t, cfg.num_generations, cfg.scale_rewards)
+        # ---- 2./3. train -----------------------------------------------------------------------------------
+        t1 = time.perf_counter()
+        stats = _train_on(samples, adv, train_model, policy, ref, optimizer, scheduler, cfg, info, pad_id)
+        router_bias_update(unwrap(policy), cfg.router_bias_gamma)
+        if ref is not None and cfg.ref_refresh_steps and (step + 1) % cfg.ref_refresh_steps == 0:
+            ref.load_state_dict(unwrap(policy).state_dict())
+        t_train = time.perf_counter() - t1
+        # ---- 4. log ----------------------------------------------------------------------------------------
+        record = _metrics(step + 1, samples, groups, rewards, cfg, info, stats, t_rollout, t_train,
+                          time.perf_counter() - t0)
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.max_steps:
+            log.append("metrics.jsonl", record)
+        if cfg.sample_every and (step == start or (step + 1) % cfg.sample_every == 0):
+            for s in samples[:: max(1, cfg.num_generations)][: cfg.num_samples_logged]:
+                log.append("samples.jsonl", {"step": step + 1, "prompt": tokenizer.decode(s.prompt_ids),
+                                             "completion": s.text, "reward": s.reward, "rewards": s.rewards})
+        bar.set_postfix(reward=f"{record['reward']:.3f}", len=f"{record['completion_length']:.0f}")
+        if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.max_steps:
+            _checkpoint(log, info, step + 1, policy, optimizer, scheduler, ref, stream, model, cfg)
+        if cfg.stop_after and step + 1 == cfg.stop_after and step + 1 < cfg.max_steps:
+            _checkpoint(log, info, step + 1, policy, optimizer, scheduler, ref, stream, model, cfg)
+            return None
+    _checkpoint(log, info, cfg.max_steps, policy, optimizer, scheduler, ref, stream, model, cfg)
+    final = log.dir / "final"
+    if info.is_main:
+        save_final(unwrap(policy), log.dir, model)
+        from r1kit.train.sft import _plot
+
+        _plot(log.dir)
+    barrier(info)
+    return final
+
+
+def _train_on(samples, adv, train_model, policy, ref, optimizer, scheduler, cfg: GRPOConfig, info: DistInfo,
+              pad_id: int) -> dict[str, float]:
+    device = info.device
+    keep = torch.tensor([0.0 if (cfg.mask_truncated_completions and s.truncated) else 1.0 for s in samples])
+    n_tok_local = float(sum(len(s.completion_ids) * k for s, k in zip(samples, keep.tolist())))
+    n_seq, n_tok = all_reduce_sum([len(samples), n_tok_local], info).tolist()
+    W = info.world_size
+    micro = [list(range(i, min(i + cfg.micro_batch_size, len(samples))))
+             for i in range(0, len(samples), cfg.micro_batch_size)]
+    # rollout-time logprobs are the "old" policy when several updates reuse a batch; with one update the ratio is
+    # taken against the detached current logprobs (value 1, gradient of the policy), exactly like TRL.
+    use_old = cfg.num_iterations > 1
+    prepared = []
+    for idx in micro:
+        ids, mask, old = batch_tensors([samples[i] for i in idx], pad_id, device)
+        mask = mask * keep[idx].to(device).unsqueeze(1)
+        ref_lp = None
+        if ref is not None:
+            with torch.no_grad():
+                ref_lp, _ = policy_logprobs(ref, ids, cfg.temperature, device, cfg.dtype)
+        if use_old and old is None:
+            with torch.no_grad():
+                old, _ = policy_logprobs(unwrap(policy), ids, cfg.temperature, device, cfg.dtype)
+        prepared.append((ids, mask, old if use_old else None, ref_lp, adv[idx].to(device)))
+    acc = {"loss": 0.0, "clip_frac": 0.0, "clip_low": 0.0, "clip_high": 0.0, "kl": 0.0, "entropy": 0.0,
+           "tokens": 0.0}
+    grad_norm = 0.0
+    lr = scheduler.get_last_lr()[0]
+    for it in range(cfg.num_iterations):
+        for k, (ids, mask, old, ref_lp, a) in enumerate(prepared):
+            last = k == len(prepared) - 1
+            ctx = train_model.no_sync() if (not last and hasattr(train_model, "no_sync")) else _Null()
+            with ctx:
+                logp, ent = policy_logprobs(train_model, ids, cfg.temperature, device, cfg.dtype,
+                                            with_entropy=(it == 0))
+                out = grpo_loss(logp, a, mask, old_logp=old, ref_logp=ref_lp, loss_type=cfg.loss_type,
+                                eps_low=cfg.eps_low, eps_high=cfg.eps_high, beta=cfg.beta,
+                                max_completion_length=cfg.max_completion_length, entropy=ent,
+                                num_sequences=n_seq / W, num_tokens=max(n_tok, 1.0) / W)
+                (out.loss + aux_loss(policy) * (ids.shape[0] / len(samples))).backward()
+            if it == 0:
+                t = out.num_tokens
+                acc["loss"] += float(out.loss) / W
+                acc["tokens"] += t
+                for key, v in (("clip_frac", out.clip_frac), ("clip_low", out.clip_low_frac),
+                               ("clip_high", out.clip_high_frac), ("kl", out.kl), ("entropy", out.entropy or 0.0)):
+                    acc[key] += v * t
+        grad_norm = grad_norm_and_clip(policy.parameters(), cfg.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    scheduler.step()
+    tot = all_reduce_sum([acc[k] for k in ("loss", "clip_frac", "clip_low", "clip_high", "kl", "entropy",
+                                           "tokens")], info).tolist()
+    t = max(tot[6], 1.0)
+    return {"loss": tot[0], "clip_frac": tot[1] / t, "clip_low_frac": tot[2] / t, "clip_high_frac": tot[3] / t,
+            "kl": tot[4] / t, "entropy": tot[5] / t, "grad_norm": grad_norm, "lr": lr}
+
+
+def _metrics(step, samples, groups, rewards, cfg, info, stats, t_rollout, t_train, t_step) -> dict[str, Any]:
+    lens = [len(s.completion_ids) for s in samples]
+    vals = [s.reward for s in samples]
+    zero = sum(1 for g in groups if len({s.reward for s in g}) <= 1)
+    names = [r.name for r in rewards]
+    sums = all_reduce_sum([len(samples), sum(vals), sum(v * v for v in vals), sum(lens),
+                           sum(s.truncated for s in samples), zero, len(groups),
+                           sum(len(s.prompt_ids) for s in samples)]
+                          + [sum(s.rewards[n] for s in samples) for n in names], info).tolist()
+    n = max(sums[0], 1.0)
+    mean = sums[1] / n
+    var = max(sums[2] / n - mean * mean, 0.0)
+    maxes = all_reduce_max([max(lens), -min(lens), t_rollout, t_train, t_step], info).tolist()
+    rec = {"step": step, "reward": mean, "reward_std": var ** 0.5}
+    for i, name in enumerate(names):
+        rec[f"rewards/{name}"] = sums[8 + i] / n
+    if "accuracy" in names:
+        rec["accuracy"] = rec["rewards/accuracy"]
+    rec.update({"frac_reward_zero_std": sums[5] / max(sums[6], 1.0), "completion_length": sums[3] / n,
+                "completion_length_min": -maxes[1], "completion_length_max": maxes[0],
+                "truncated_frac": sums[4] / n, **stats,
+                "tokens_per_s": (sums[3] + sums[7]) / max(maxes[4], 1e-9),
+                "rollout_tokens_per_s": sums[3] / max(maxes[2], 1e-9),
+                "rollout_time": maxes[2], "train_time": maxes[3], "step_time": maxes[4]})
+    return rec
+
+
+def _checkpoint(log, info, step, policy, optimizer, scheduler, ref, stream, model_src, cfg) -> None:
+    cursors = all_gather_objects(stream.cursor, info)
+    if info.is_main:
+        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "prompt_cursors": cursors, "data_position": cursors,
+                 "ref": ref.state_dict() if ref is not None and cfg.ref_refresh_steps else None}
+        save_checkpoint(log.dir, step, unwrap(policy), state, keep_last=cfg.keep_last, tokenizer_src=model_src)
+    barrier(info)
+
+
+class _Null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False

@@ -1,0 +1,134 @@
+"""What both trainers share about a run: its directory, logs, model loading, precision and the step loop plumbing.
+
+RUN/config.json      the resolved config (+ the command's model/data/reward choices)
+RUN/metrics.jsonl    one JSON line per step (appended; on --resume lines after the checkpoint's step are dropped)
+RUN/samples.jsonl    sample completions (GRPO)
+RUN/checkpoints/     see checkpointing.py
+RUN/final/           the trained model in Hugging Face layout with its tokenizer files
+Only rank 0 writes files.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from r1kit.config import atomic_write_text
+from r1kit.device import resolve_dtype
+from r1kit.train.checkpointing import clean_partial, copy_tokenizer_files, latest_checkpoint
+from r1kit.train.distributed import DistInfo
+
+
+class RunLog:
+    def __init__(self, out_dir: str | os.PathLike, info: DistInfo):
+        self.dir = Path(out_dir)
+        self.info = info
+        if info.is_main:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            clean_partial(self.dir)
+
+    def save_config(self, cfg: Any, extra: dict[str, Any]) -> None:
+        if self.info.is_main:
+            atomic_write_text(self.dir / "config.json", json.dumps({**asdict(cfg), **extra}, indent=2, default=str))
+
+    def truncate_after(self, step: int) -> None:
+        """On resume: forget log lines of steps that will be redone."""
+        for name in ("metrics.jsonl", "samples.jsonl"):
+            path = self.dir / name
+            if not self.info.is_main or not path.is_file():
+                continue
+            keep = [line for line in path.read_text().splitlines() if line.strip()
+                    and json.loads(line).get("step", 0) <= step]
+            atomic_write_text(path, "".join(line + "\n" for line in keep))
+
+    def append(self, name: str, record: dict[str, Any]) -> None:
+        if self.info.is_main:
+            with open(self.dir / name, "a") as f:
+                f.write(json.dumps(record, default=float) + "\n")
+
+
+def find_resume_checkpoint(out_dir: str | os.PathLike, resume: bool | str) -> Path | None:
+    """--resume (the run's newest complete checkpoint) or --resume PATH (a checkpoint directory)."""
+    if not resume:
+        return None
+    if isinstance(resume, str) and resume not in ("true", "latest", "1"):
+        path = Path(resume)
+        if not (path / "trainer_state.pt").is_file():
+            from r1kit.errors import UserError
+
+            raise UserError(f"--resume {resume!r} is not a complete checkpoint directory")
+        return path
+    return latest_checkpoint(out_dir)
+
+
+def load_policy(model_path: str | os.PathLike, device: torch.device) -> torch.nn.Module:
+    """The trainable model: always float32 master weights (bf16 compute comes from autocast on GPU)."""
+    from r1kit.models.checkpoint import load_model
+
+    model = load_model(str(model_path), dtype=torch.float32, device=device)
+    model.train()
+    return model
+
+
+def autocast_context(device: torch.device, dtype: str):
+    """bf16 (or fp16) autocast on CUDA when dtype asks for it (auto -> bf16); plain fp32 otherwise."""
+    dt = resolve_dtype(dtype, device)
+    if device.type == "cuda" and dt in (torch.bfloat16, torch.float16):
+        return torch.autocast("cuda", dtype=dt)
+    return contextlib.nullcontext()
+
+
+def save_final(model: torch.nn.Module, out_dir: Path, tokenizer_src: str | os.PathLike | None) -> Path:
+    from r1kit.models.checkpoint import save_model
+
+    final = out_dir / "final"
+    tmp = out_dir / ".tmp-final"
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_model(model, tmp)
+    copy_tokenizer_files(tokenizer_src, tmp)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    return final
+
+
+def grad_norm_and_clip(params, max_norm: float) -> float:
+    params = [p for p in params if p.grad is not None]
+    if not params:
+        return 0.0
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+
+
+def router_bias_update(model: torch.nn.Module, gamma: float) -> None:
+    """Aux-loss-free MoE balancing (deepseek_v3): nudge each router's expert bias toward equal load.
+
+    Models without MoE routers have nothing to update; the models package owns the rule itself."""
+    if gamma <= 0:
+        return
+    fn = getattr(model, "update_router_bias", None)
+    if fn is not None:
+        fn(gamma)
+
+
+def aux_loss(model: torch.nn.Module) -> torch.Tensor | float:
+    """The MoE sequence-wise balance loss of the last training forward (deepseek_v3), 0 for dense models."""
+    fn = getattr(model, "aux_loss", None)
+    return fn() if fn is not None else 0.0
+
+
+class Timer:
+    def __init__(self):
+        self.t = time.perf_counter()
+
+    def lap(self) -> float:
+        now = time.perf_counter()
+        dt, self.t = now - self.t, now
+        return dt

@@ -1,0 +1,265 @@
+"""Supervised fine-tuning on chat-formatted reasoning traces (R1's cold start, and distillation).
+
+Each assistant turn becomes one example: the conversation before it is rendered with the tokenizer's chat template
+and a generation prompt (for R1: "...<｜Assistant｜><think>\n"), the turn itself (reasoning + answer + EOS) is
+appended. Only the appended tokens carry loss. Prompt and completion are tokenized separately, exactly as the engine
+sees them at inference (prompt encoded, completion generated). A turn without "</think>" gets an empty reasoning
+block so that the model still learns to close it.
+
+Examples are packed into rows of max_seq_len (or, with packing off, length-bucketed and right-padded). The order of
+rows is a fixed function of (seed, epoch), so a resumed run sees exactly the rows the uninterrupted one would.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from r1kit.errors import UserError
+from r1kit.train.checkpointing import load_trainer_state, save_checkpoint
+from r1kit.train.config import SFTConfig
+from r1kit.train.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, unwrap, wrap_model
+from r1kit.train.optim import build_optimizer
+from r1kit.train.run import (RunLog, Timer, autocast_context, find_resume_checkpoint, grad_norm_and_clip,
+                             load_policy, router_bias_update, save_final, aux_loss)
+
+Example = tuple[list[int], list[int]]  # token ids, loss mask (1 = trained on)
+
+
+def completion_text(content: str, think_prefill: bool) -> str:
+    """The text the model must produce after the generation prompt for an assistant `content`."""
+    if think_prefill:
+        if content.startswith("<think>"):
+            content = content[len("<think>"):].lstrip("\n")
+        if "</think>" not in content:
+            content = "\n</think>\n\n" + content
+    return content
+
+
+def encode_conversation(tokenizer, messages: list[dict[str, Any]]) -> list[Example]:
+    """One (ids, mask) example per assistant turn of `messages`."""
+    out = []
+    for i, m in enumerate(messages):
+        if m.get("role") != "assistant" or i == 0:
+            continue
+        prompt = tokenizer.apply_chat_template(messages[:i], add_generation_prompt=True, tokenize=False)
+        content = m.get("content") or ""
+        reasoning = m.get("reasoning_content") or m.get("reasoning")
+        if reasoning:
+            content = f"{reasoning}\n</think>\n\n{content}"
+        think = prompt.rstrip().endswith("<think>")
+        p_ids = tokenizer.encode(prompt)
+        c_ids = tokenizer.encode(completion_text(content, think))
+        eos = tokenizer.eos_token_id
+        if eos is not None:
+            c_ids = c_ids + [eos]
+        out.append((p_ids + c_ids, [0] * len(p_ids) + [1] * len(c_ids)))
+    return out
+
+
+def record_to_messages(rec: dict[str, Any], where: str) -> list[dict[str, Any]]:
+    if "messages" in rec:
+        return rec["messages"]
+    if "prompt" in rec and "completion" in rec:
+        prompt = rec["prompt"]
+        msgs = prompt if isinstance(prompt, list) else [{"role": "user", "content": str(prompt)}]
+        return [*msgs, {"role": "assistant", "content": str(rec["completion"])}]
+    raise UserError(f'{where}: each line needs "messages" or "prompt" + "completion", got keys {sorted(rec)}')
+
+
+def read_jsonl_conversations(path: str) -> list[list[dict[str, Any]]]:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"--data {path!r} does not exist")
+    convs = []
+    for n, line in enumerate(p.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+            convs.append(record_to_messages(rec, f"{path}:{n}"))
+    return convs
+
+
+def task_conversations(task_names: Iterable[str], n: int, seed: int) -> list[list[dict[str, Any]]]:
+    """Cold-start traces from the tasks' reference reasoning generators (see r1kit.tasks)."""
+    from r1kit.tasks import load_task
+
+    names = list(task_names)
+    convs = []
+    for k, name in enumerate(names):
+        task = load_task(name)
+        count = n // len(names) + (1 if k < n % len(names) else 0)
+        for ex in task.examples(count, seed=seed + k) if hasattr(task, "examples") else task.sample(count, seed=seed + k):
+            convs.append(task.reference_conversation(ex))
+    return convs
+
+
+def pack(examples: list[Example], max_len: int, seed: int) -> list[Example]:
+    """Concatenate shuffled examples into rows of max_len + 1 tokens (inputs = row[:-1], targets = row[1:])."""
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    ids, mask = [], []
+    for i in order:
+        ids += examples[i][0]
+        mask += examples[i][1]
+    rows = [(ids[s:s + max_len + 1], mask[s:s + max_len + 1]) for s in range(0, len(ids) - 1, max_len)]
+    return [r for r in rows if sum(r[1][1:]) > 0]
+
+
+def bucket(examples: list[Example], max_len: int, batch_size: int, seed: int) -> list[Example]:
+    """Truncate, then order so that each batch holds examples of similar length (less padding)."""
+    rows = [(ids[:max_len + 1], m[:max_len + 1]) for ids, m in examples]
+    rng = random.Random(seed)
+    rng.shuffle(rows)
+    chunk = batch_size * 32
+    out = []
+    for s in range(0, len(rows), chunk):
+        out += sorted(rows[s:s + chunk], key=lambda r: len(r[0]))
+    return out
+
+
+def collate(rows: list[Example], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows -> (inputs [B, T], targets [B, T], loss mask [B, T]), right-padded."""
+    T = max(len(r[0]) for r in rows) - 1
+    inp = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    tgt = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    msk = torch.zeros((len(rows), T))
+    for b, (ids, m) in enumerate(rows):
+        n = len(ids) - 1
+        inp[b, :n] = torch.tensor(ids[:-1])
+        tgt[b, :n] = torch.tensor(ids[1:])
+        msk[b, :n] = torch.tensor(m[1:], dtype=torch.float)
+    return inp, tgt, msk
+
+
+def row_indices(step: int, global_batch: int, num_rows: int, seed: int) -> list[int]:
+    """Row ids of optimizer step `step`: a fresh seeded permutation per epoch; a pure function of step."""
+    out = []
+    for c in range(step * global_batch, (step + 1) * global_batch):
+        epoch, pos = divmod(c, num_rows)
+        g = torch.Generator().manual_seed(seed * 1000003 + epoch)
+        out.append(int(torch.randperm(num_rows, generator=g)[pos]))
+    return out
+
+
+def train_sft(model: str, out: str, cfg: SFTConfig, data: list[str] = (), tasks: list[str] = (),
+              resume: bool | str = False, extra_config: dict | None = None) -> Path:
+    """Fine-tune `model` on `data` JSONL files and/or cold-start traces of `tasks`; returns the final model dir."""
+    from r1kit.tokenizer import load_tokenizer
+
+    info = init_distributed(cfg.device)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    log = RunLog(out, info)
+    ckpt = find_resume_checkpoint(out, resume)
+    tokenizer = load_tokenizer(model)
+    convs = [c for path in data for c in read_jsonl_conversations(path)]
+    if tasks:
+        convs += task_conversations(tasks, cfg.num_examples, cfg.seed)
+    if not convs:
+        raise UserError("no training data: give --data FILE.jsonl and/or --task NAME")
+    examples = [ex for conv in convs for ex in encode_conversation(tokenizer, conv)]
+    if not examples:
+        raise UserError("the data holds no assistant turns to train on")
+    rows = (pack(examples, cfg.max_seq_len, cfg.seed) if cfg.packing
+            else bucket(examples, cfg.max_seq_len, cfg.batch_size, cfg.seed))
+    global_batch = cfg.batch_size * cfg.grad_accum_steps * info.world_size
+    if cfg.epochs > 0:
+        cfg.max_steps = max(1, math.ceil(cfg.epochs * len(rows) / global_batch))
+    log.save_config(cfg, {"model": model, "data": list(data), "tasks": list(tasks), "world_size": info.world_size,
+                          **(extra_config or {})})
+
+    policy = load_policy(ckpt / "model" if ckpt else model, info.device)
+    optimizer, scheduler = build_optimizer(policy, cfg)
+    start = 0
+    if ckpt is not None:
+        state = load_trainer_state(ckpt)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start = state["step"]
+        log.truncate_after(start)
+    train_model = wrap_model(policy, info, cfg.fsdp)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    bar = tqdm(range(start, cfg.max_steps), initial=start, total=cfg.max_steps, disable=not info.is_main,
+               desc="sft", dynamic_ncols=True)
+    for step in bar:
+        timer = Timer()
+        ids = row_indices(step, global_batch, len(rows), cfg.seed)
+        mine = ids[info.rank * cfg.batch_size * cfg.grad_accum_steps:(info.rank + 1) * cfg.batch_size * cfg.grad_accum_steps]
+        micro = [collate([rows[i] for i in mine[k:k + cfg.batch_size]], pad_id)
+                 for k in range(0, len(mine), cfg.batch_size)]
+        local_tokens = sum(float(m.sum()) for _, _, m in micro)
+        total_tokens = float(all_reduce_sum([local_tokens], info)[0])
+        loss_sum = 0.0
+        for k, (inp, tgt, msk) in enumerate(micro):
+            inp, tgt, msk = inp.to(info.device), tgt.to(info.device), msk.to(info.device)
+            sync = k == len(micro) - 1 or not hasattr(train_model, "no_sync")
+            ctx = train_model.no_sync() if not sync else _null()
+            with ctx:
+                with autocast_context(info.device, cfg.dtype):
+                    logits = train_model(inp)
+                nll = F.cross_entropy(logits.float().flatten(0, 1), tgt.flatten(), reduction="none").view_as(msk)
+                loss = (nll * msk).sum() / max(total_tokens, 1.0) * info.world_size
+                loss = loss + aux_loss(policy) * (inp.shape[0] / len(mine))
+                loss.backward()
+            loss_sum += float((nll.detach() * msk).sum())
+        grad_norm = grad_norm_and_clip(policy.parameters(), cfg.max_grad_norm)
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        router_bias_update(unwrap(policy), cfg.router_bias_gamma)
+        dt = timer.lap()
+        all_tokens = float(all_reduce_sum([sum(int((r[0] != pad_id).sum()) for r, _, _ in micro) or 0], info)[0])
+        loss_mean = float(all_reduce_sum([loss_sum], info)[0]) / max(total_tokens, 1.0)
+        record = {"step": step + 1, "loss": loss_mean, "lr": lr, "grad_norm": grad_norm,
+                  "loss_tokens": total_tokens, "tokens_per_s": all_tokens / dt, "step_time": dt}
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.max_steps:
+            log.append("metrics.jsonl", record)
+        bar.set_postfix(loss=f"{loss_mean:.4f}", lr=f"{lr:.2e}")
+        if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.max_steps:
+            _checkpoint(log, info, step + 1, policy, optimizer, scheduler, model, cfg)
+        if cfg.stop_after and step + 1 == cfg.stop_after and step + 1 < cfg.max_steps:
+            _checkpoint(log, info, step + 1, policy, optimizer, scheduler, model, cfg)
+            return None
+    _checkpoint(log, info, cfg.max_steps, policy, optimizer, scheduler, model, cfg)
+    final = log.dir / "final"
+    if info.is_main:
+        save_final(unwrap(policy), log.dir, model)
+        _plot(log.dir)
+    barrier(info)
+    return final
+
+
+def _checkpoint(log: RunLog, info: DistInfo, step: int, policy, optimizer, scheduler, model_src, cfg) -> None:
+    if info.is_main:
+        save_checkpoint(log.dir, step, unwrap(policy), {"optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "data_position": step}, keep_last=cfg.keep_last,
+                        tokenizer_src=model_src)
+    barrier(info)
+
+
+def _plot(run_dir: Path) -> None:
+    try:
+        from r1kit.train.plots import plot_run
+
+        plot_run(run_dir)
+    except Exception as e:  # plots are a convenience; never fail a finished run over them
+        print(f"r1kit: could not draw plots: {e}")
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False

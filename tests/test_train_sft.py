@@ -1,0 +1,97 @@
+"""SFT: assistant-only loss mask, resume equals an uninterrupted run, torchrun with 2 processes equals 1 process."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from r1kit.train.config import SFTConfig
+from r1kit.train.sft import encode_conversation, train_sft
+
+
+def _traces(path, n=24):
+    with open(path, "w") as f:
+        for i in range(n):
+            a, b = i % 7 + 1, i % 5 + 2
+            f.write(json.dumps({"messages": [
+                {"role": "user", "content": f"What is {a} plus {b}?"},
+                {"role": "assistant", "content": f"<think>\n{a} plus {b} makes {a + b}.\n</think>\n\n{a + b}"}]}) + "\n")
+        f.write(json.dumps({"prompt": "Say hi.", "completion": "hi"}) + "\n")
+    return str(path)
+
+
+def _metrics(run):
+    return [json.loads(line) for line in open(os.path.join(run, "metrics.jsonl"))]
+
+
+def test_loss_mask_covers_exactly_the_assistant_completion(tiny_checkpoint):
+    from r1kit.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(tiny_checkpoint("qwen2"))
+    msgs = [{"role": "user", "content": "What is 2 plus 3?"},
+            {"role": "assistant", "content": "<think>\n2 plus 3 is 5.\n</think>\n\nThe answer is 5."}]
+    [(ids, mask)] = encode_conversation(tok, msgs)
+    first = mask.index(1)
+    assert all(m == 0 for m in mask[:first]) and all(m == 1 for m in mask[first:])
+    prompt = tok.apply_chat_template(msgs[:1], add_generation_prompt=True)
+    assert tok.decode(ids[:first]) == prompt                          # ends with "<｜Assistant｜><think>\n"
+    assert tok.decode(ids[first:]) == "2 plus 3 is 5.\n</think>\n\nThe answer is 5.<｜end▁of▁sentence｜>"
+    # a turn without reasoning still learns to close the (empty) thinking block
+    [(ids2, mask2)] = encode_conversation(tok, [msgs[0], {"role": "assistant", "content": "5"}])
+    assert tok.decode([t for t, m in zip(ids2, mask2) if m]) == "\n</think>\n\n5<｜end▁of▁sentence｜>"
+
+
+def test_sft_lowers_loss_and_writes_a_loadable_final_model(tiny_checkpoint, tmp_path):
+    from r1kit.models.checkpoint import load_model
+
+    data = _traces(tmp_path / "t.jsonl")
+    cfg = SFTConfig(max_steps=15, batch_size=4, max_seq_len=64, lr=3e-3, warmup_steps=2)
+    final = train_sft(tiny_checkpoint("deepseek_v3"), str(tmp_path / "run"), cfg, data=[data])
+    m = _metrics(tmp_path / "run")
+    assert len(m) == 15 and m[-1]["loss"] < m[0]["loss"] - 1.0
+    assert load_model(str(final)) is not None and (final / "tokenizer.json").is_file()
+    assert json.load(open(tmp_path / "run" / "config.json"))["lr"] == 3e-3
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(tiny_checkpoint, tmp_path):
+    model = tiny_checkpoint("deepseek_v3")
+    data = _traces(tmp_path / "t.jsonl")
+    kw = dict(max_steps=8, batch_size=2, grad_accum_steps=2, max_seq_len=48, lr=2e-3, warmup_steps=2, packing=False)
+    train_sft(model, str(tmp_path / "full"), SFTConfig(**kw), data=[data])
+    assert train_sft(model, str(tmp_path / "cut"), SFTConfig(**kw, stop_after=3), data=[data]) is None
+    assert len(_metrics(tmp_path / "cut")) == 3
+    train_sft(model, str(tmp_path / "cut"), SFTConfig(**kw), data=[data], resume=True)
+    full, cut = _metrics(tmp_path / "full"), _metrics(tmp_path / "cut")
+    assert [r["step"] for r in cut] == list(range(1, 9))
+    for a, b in zip(full, cut):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-6) and a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5)
+    wa = load_file(str(tmp_path / "full" / "final" / "model.safetensors"))
+    wb = load_file(str(tmp_path / "cut" / "final" / "model.safetensors"))
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_match_one_process(tiny_checkpoint, tmp_path):
+    model = tiny_checkpoint("qwen2")
+    data = _traces(tmp_path / "t.jsonl")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    common = ["-m", "r1kit", "train", "sft", "--model", model, "--data", data, "--max-steps", "4", "--max-seq-len",
+              "48", "--lr", "3e-3", "--seed", "1"]
+    subprocess.run([sys.executable, *common, "--out", str(tmp_path / "one"), "--batch-size", "4"],
+                   check=True, env=env, capture_output=True)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                        "29613", *common, "--out", str(tmp_path / "two"), "--batch-size", "2"],
+                       env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    one = load_file(str(tmp_path / "one" / "final" / "model.safetensors"))
+    two = load_file(str(tmp_path / "two" / "final" / "model.safetensors"))
+    base = load_file(os.path.join(model, "model.safetensors"))
+    moved = max(float((one[k] - base[k]).abs().max()) for k in one)
+    assert moved > 1e-3                                               # training did change the weights
+    for k in one:
+        assert torch.allclose(one[k], two[k], atol=1e-5), k
+    assert [m["loss"] for m in _metrics(tmp_path / "one")] == pytest.approx(
+        [m["loss"] for m in _metrics(tmp_path / "two")], rel=1e-5)
