@@ -36,13 +36,13 @@ def test_batch_and_prefix_cache_hits_give_same_tokens(setup):
 
 def test_chunked_prefill_and_preemption_give_same_tokens(setup):
     path, reference = setup
-    # 8-token steps force chunked prefill; 20 blocks of 4 cannot hold five 40-60 token sequences at once
-    llm = LLM(path, device="cpu", block_size=4, num_kv_blocks=20, max_num_batched_tokens=8)
+    # 8-token steps force chunked prefill; 30 blocks of 4 (120 tokens) hold one 53-94 token sequence, not five
+    llm = LLM(path, device="cpu", block_size=4, num_kv_blocks=30, max_num_batched_tokens=8)
     outs = llm.generate(PROMPTS, GREEDY, use_tqdm=False)
     assert tokens(outs) == reference
     stats = llm.stats()
     assert stats["num_preemptions"] > 0
-    assert stats["kv_blocks_used"] == 0 and stats["kv_blocks_free"] == 20
+    assert stats["kv_blocks_used"] == 0 and stats["kv_blocks_free"] == 30
 
 
 def test_seeded_sampling_is_reproducible_regardless_of_batch(setup):

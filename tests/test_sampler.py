@@ -255,3 +255,10 @@ def test_candidate_top_k_top_p_cut_equals_full_sort(V):
     assert (kept >= 1).all() and (kept <= top_k).all()
     if V > 256:
         assert ((top_p < 1) & (top_k == V) & (kept > 256)).any()  # the full-sort fallback was exercised
+
+
+def test_oversized_top_k_and_logprobs_are_clamped_to_the_vocabulary_and_half_logits_work():
+    logits = torch.tensor([[0.0, 3.0, 1.0]], dtype=torch.bfloat16)
+    out = Sampler()(logits, [SamplingParams(top_k=50, logprobs=20, seed=1)], [make_generator(1)])
+    assert out.top_ids.tolist() == [[1, 2, 0]] and out.top_logprobs.dtype == torch.float32
+    assert int(out.token_ids) in (0, 1, 2)

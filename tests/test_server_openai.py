@@ -42,8 +42,8 @@ def tok(server):
 
 
 def _ask(client, **extra):
-    body = {"max_thinking_tokens": 6, "ignore_eos": True, "return_token_ids": True, **extra.pop("extra_body", {})}
-    kwargs = dict(model="tiny", messages=[{"role": "user", "content": "What is 2 + 2?"}], max_tokens=20, seed=7,
+    body = {"max_thinking_tokens": 4, "ignore_eos": True, "return_token_ids": True, **extra.pop("extra_body", {})}
+    kwargs = dict(model="tiny", messages=[{"role": "user", "content": "What is 2 + 2?"}], max_tokens=40, seed=7,
                   temperature=1.0)
     kwargs.update(extra)
     return client.chat.completions.create(extra_body=body, **kwargs)
@@ -62,7 +62,7 @@ def test_chat_splits_reasoning_and_answer_exactly_at_think_end(client, tok):
     assert "</think>" not in choice.message.content and choice.message.content
     assert choice.finish_reason == "length"
     u = resp.usage
-    assert u.completion_tokens == len(ids) == 20
+    assert u.completion_tokens == len(ids) == 40
     assert u.prompt_tokens == len(resp.model_extra["prompt_token_ids"])
     assert u.total_tokens == u.prompt_tokens + u.completion_tokens
     assert u.completion_tokens_details.reasoning_tokens == ids.index(tok.think_end_id)
@@ -157,4 +157,4 @@ def test_models_health_metrics_and_web_page(server, client):
     assert int(count[0].split()[-1]) >= 1
     with urllib.request.urlopen(server.url + "/") as r:
         page = r.read().decode()
-    assert "<details" in page and "/v1/chat/completions" in page and "tiny" in page
+    assert "details" in page and "getReader()" in page and "/v1/chat/completions" in page and "tiny" in page

@@ -50,6 +50,7 @@ from r1kit.engine.sampling_params import SamplingParams
 
 _CANDIDATES = 256  # logits looked at before falling back to a full sort for top_p
 
+
 @dataclass
 class SamplerOutput:
     token_ids: torch.Tensor                   # [B] long
@@ -136,11 +137,14 @@ class Sampler:
             _require(output_ids, "output_ids", "penalties")
             if any(params[i].repetition_penalty != 1 for i in pen_rows):
                 _require(prompt_ids, "prompt_ids", "repetition_penalty")
-            idx = torch.tensor(pen_rows, device=dev)
-            logits = logits.clone()
-            logits[idx] = apply_penalties(logits[idx], [params[i] for i in pen_rows],
-                                          [prompt_ids[i] for i in pen_rows] if prompt_ids is not None else [],
-                                          [output_ids[i] for i in pen_rows])
+            sub = (lambda seqs: [seqs[i] for i in pen_rows]) if len(pen_rows) < B else (lambda seqs: seqs)
+            prompts = sub(prompt_ids) if prompt_ids is not None else [[]] * len(pen_rows)
+            if len(pen_rows) == B:
+                logits = apply_penalties(logits, params, prompts, output_ids)  # a new tensor: the input is kept
+            else:
+                idx = torch.tensor(pen_rows, device=dev)
+                logits = logits.clone()
+                logits[idx] = apply_penalties(logits[idx], sub(params), prompts, sub(output_ids))
         if min_rows:
             _require(output_ids, "output_ids", "min_tokens")
             logits = self._mask_stop_ids(logits if pen_rows else logits.clone(), params, min_rows, output_ids)
@@ -150,18 +154,15 @@ class Sampler:
                              for p in params], dtype=torch.float32).to(dev)
         temp = rows[:, 0:1]
 
-        out = SamplerOutput(token_ids=logits.argmax(dim=-1))
-        if not all_greedy:
-            sampled = [i for i, p in enumerate(params) if not p.is_greedy]
-            srows = torch.tensor(sampled, device=dev)
-            x = logits[srows] / temp[srows]
-            if any(0 < params[i].top_k < V or params[i].top_p < 1 for i in sampled):
-                max_k = max((params[i].top_k for i in sampled if params[i].top_k < V), default=0)
-                x = _top_k_top_p(x, rows[srows, 1].long(), rows[srows, 2], max_k)
-            if any(params[i].min_p > 0 for i in sampled):
-                x = _min_p(x, rows[srows, 3])
-            noise = self._exponential_noise(sampled, generators, V, dev)
-            out.token_ids[srows] = x.softmax(dim=-1).div_(noise).argmax(dim=-1)
+        sampled = [i for i, p in enumerate(params) if not p.is_greedy]
+        if len(sampled) == B:  # no greedy row: skip the argmax and the row gather/scatter
+            out = SamplerOutput(token_ids=self._sample(logits / temp, rows, params, generators))
+        else:
+            out = SamplerOutput(token_ids=logits.argmax(dim=-1))
+            if sampled:
+                srows = torch.tensor(sampled, device=dev)
+                out.token_ids[srows] = self._sample(logits[srows] / temp[srows], rows[srows],
+                                                    [params[i] for i in sampled], [generators[i] for i in sampled])
 
         if want_lp:
             lp = torch.log_softmax(logits / temp, dim=-1)
@@ -170,6 +171,17 @@ class Sampler:
             if k > 0:
                 out.top_logprobs, out.top_ids = lp.topk(k, dim=-1)
         return out
+
+    def _sample(self, x: torch.Tensor, rows: torch.Tensor, params, generators) -> torch.Tensor:
+        """Tokens [R] drawn from temperature-scaled logits x [R, V] after top_k, top_p and min_p (steps 6-9)."""
+        V = x.shape[1]
+        if any(0 < p.top_k < V or p.top_p < 1 for p in params):
+            max_k = max((p.top_k for p in params if p.top_k < V), default=0)
+            x = _top_k_top_p(x, rows[:, 1].long(), rows[:, 2], max_k)
+        if any(p.min_p > 0 for p in params):
+            x = _min_p(x, rows[:, 3])
+        noise = self._exponential_noise(generators, V, x.device)
+        return x.softmax(dim=-1).div_(noise).argmax(dim=-1)
 
     def _mask_stop_ids(self, logits, params, rows, output_ids):
         V = logits.shape[1]
@@ -186,22 +198,22 @@ class Sampler:
             logits[torch.tensor(r_idx, device=logits.device), torch.tensor(t_idx, device=logits.device)] = -math.inf
         return logits
 
-    def _exponential_noise(self, rows: list[int], generators, V: int, dev) -> torch.Tensor:
+    def _exponential_noise(self, generators: list, V: int, dev) -> torch.Tensor:
         """[R, V] Exp(1) draws; a seeded row draws its V values from its own generator only.
 
         Drawn as -log(U), U ~ U[0, 1): on CPU torch.rand + log is ~2x faster than exponential_(); U = 0 gives
         E = inf and p / E = 0, never NaN."""
-        noise = torch.empty(len(rows), V, dtype=torch.float32, device=dev)
-        shared = [j for j, i in enumerate(rows) if generators[i] is None]
-        if len(shared) == len(rows):
+        noise = torch.empty(len(generators), V, dtype=torch.float32, device=dev)
+        shared = [j for j, g in enumerate(generators) if g is None]
+        if len(shared) == len(generators):
             noise.uniform_(generator=self.default_generator(dev))
         else:
             if shared:
                 draws = torch.empty(len(shared), V, dtype=torch.float32, device=dev)
                 noise[torch.tensor(shared, device=dev)] = draws.uniform_(generator=self.default_generator(dev))
-            for j, i in enumerate(rows):
-                if generators[i] is not None:
-                    noise[j].uniform_(generator=generators[i])
+            for j, g in enumerate(generators):
+                if g is not None:
+                    noise[j].uniform_(generator=g)
         return noise.log_().neg_().clamp_min_(torch.finfo(torch.float32).tiny)  # CUDA's U may be 1: no E = 0
 
 

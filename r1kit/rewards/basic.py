@@ -9,7 +9,7 @@ from r1kit.rewards.extract import THINK_CLOSE, THINK_OPEN, final_answer, last_nu
 
 def normalize_text(s: str) -> str:
     """Case-folded, whitespace-collapsed, without surrounding $ or a trailing period: 'exact' compares these."""
-    s = str(s).strip().strip("$").strip()
+    s = str(s).strip().rstrip(".").strip().strip("$").strip()
     s = re.sub(r"\\text\{(.*?)\}", r"\1", s)
     return re.sub(r"\s+", " ", s).rstrip(".").strip().casefold()
 

@@ -16,7 +16,11 @@ def build_program(completion_code: str, prefix: str = "") -> str:
         return completion_code
     if completion_code[:1] in (" ", "\t"):  # a continuation of the prefix's function
         return prefix + completion_code
-    return prefix.rstrip("\n") + "\n\n\n" + completion_code  # a docstring-only stub is valid; the full def replaces it
+    try:  # a HumanEval stub (signature + docstring) is valid Python; a bare signature needs a body
+        compile(prefix, "prefix.py", "exec")
+    except SyntaxError:
+        prefix = prefix.rstrip("\n") + "\n    pass\n"
+    return prefix.rstrip("\n") + "\n\n\n" + completion_code  # the full definition replaces the stub
 
 
 def code_reward(completion: str, example: dict) -> float:

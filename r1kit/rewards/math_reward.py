@@ -1,7 +1,8 @@
 """Math answer checking with math-verify, in worker processes behind a hard timeout.
 
 math-verify's own timeouts use SIGALRM (main thread only) and some sympy inputs hang regardless, so the check runs
-in a pool of spawned worker processes (never a fork of the threaded parent). A call that does not answer within
+in a pool of worker processes (fresh interpreters started with subprocess: never a fork of the threaded parent, and
+unlike multiprocessing's spawn they never re-import the user's __main__). A call that does not answer within
 `timeout_s` gets 0.0; its worker is killed and replaced. The pool is thread-safe: trainers and evaluators call
 `math_reward` from any thread, and `score_batch` (in registry.py) fans a batch out over threads that each hold a worker.
 
@@ -11,11 +12,15 @@ LaTeX ("\\frac{1}{2}", "[1, 2)") parses as LaTeX.
 from __future__ import annotations
 
 import atexit
+import json
 import math
-import multiprocessing as mp
 import os
 import queue
+import select
+import subprocess
+import sys
 import threading
+import time
 
 from r1kit.rewards.extract import answer_text
 
@@ -27,45 +32,74 @@ def _gold_text(gold: str) -> str:
     return gold if ("$" in gold or "\\boxed" in gold) else f"${gold}$"
 
 
-def _serve(conn, inner_timeout_s) -> None:
-    """Worker loop: receive (gold, answer) pairs, send back 1.0/0.0."""
+def serve(inner_timeout_s: int) -> None:
+    """Worker loop of one pool process: JSON [gold, answer] lines in, "1"/"0" lines out."""
+    import json
     import logging
 
     from math_verify import parse, verify
 
     logging.getLogger("math_verify").setLevel(logging.CRITICAL)  # it logs every timeout and parse failure
-    conn.send("ready")
-    while True:
+    out = sys.stdout
+    out.write("ready\n")
+    out.flush()
+    for line in sys.stdin:
         try:
-            gold, answer = conn.recv()
-        except EOFError:
-            return
-        try:
+            gold, answer = json.loads(line)
             g = parse(_gold_text(gold), parsing_timeout=inner_timeout_s)
             p = parse(answer, parsing_timeout=inner_timeout_s)
             ok = bool(g) and bool(p) and verify(g, p, timeout_seconds=inner_timeout_s)
-            conn.send(1.0 if ok else 0.0)
         except Exception:
-            conn.send(0.0)
+            ok = False
+        out.write("1\n" if ok else "0\n")
+        out.flush()
 
 
 class _Worker:
-    def __init__(self, ctx, inner_timeout_s):
-        self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_serve, args=(child, inner_timeout_s), daemon=True, name="r1kit-math-verify")
-        self.proc.start()
-        child.close()
+    """One math-verify process, started with subprocess (not multiprocessing: no re-import of the user's
+    __main__, no fork of a threaded parent), talking JSON lines over pipes."""
+
+    def __init__(self, inner_timeout_s: int):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", f"from r1kit.rewards.math_reward import serve; serve({int(inner_timeout_s)})"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, bufsize=0, start_new_session=True)
         self.ready = False
+        self._buf = b""
+
+    def read_line(self, timeout_s: float) -> str | None:
+        """The next line from the worker, or None if none arrives in time (or it died)."""
+        deadline = time.monotonic() + timeout_s
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                return None
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                return None
+            self._buf += chunk
+        line, _, self._buf = self._buf.partition(b"\n")
+        return line.decode()
 
     def wait_ready(self) -> bool:
         if not self.ready:
-            self.ready = self.conn.poll(_READY_TIMEOUT_S) and self.conn.recv() == "ready"
+            self.ready = self.read_line(_READY_TIMEOUT_S) == "ready"
         return self.ready
+
+    def ask(self, gold: str, answer: str, timeout_s: float) -> float | None:
+        try:
+            self.proc.stdin.write((json.dumps([gold, answer]) + "\n").encode())
+        except OSError:
+            return None
+        line = self.read_line(timeout_s)
+        return None if line is None else float(line == "1")
 
     def kill(self) -> None:
         self.proc.kill()
-        self.proc.join(5)
-        self.conn.close()
+        self.proc.wait()
+        for f in (self.proc.stdin, self.proc.stdout):
+            f.close()
 
 
 class MathVerifier:
@@ -76,14 +110,13 @@ class MathVerifier:
         self.timeout_s = float(timeout_s)
         # math-verify's own SIGALRM timeouts end most slow checks without a process restart
         self.inner_timeout_s = max(1, math.floor(timeout_s)) if inner_timeout_s is None else inner_timeout_s
-        self._ctx = mp.get_context("spawn")
         self._idle: queue.Queue[_Worker] = queue.Queue()
         self._lock = threading.Lock()
         self._started = 0
         self._all: set[_Worker] = set()
 
     def _new_worker(self) -> _Worker:
-        w = _Worker(self._ctx, self.inner_timeout_s)
+        w = _Worker(self.inner_timeout_s)
         with self._lock:
             self._all.add(w)
         return w
@@ -111,16 +144,12 @@ class MathVerifier:
         if not w.wait_ready():
             self._retire(w)
             return 0.0
-        try:
-            w.conn.send((str(gold), str(answer)))
-            if w.conn.poll(self.timeout_s):
-                result = w.conn.recv()
-                self._idle.put(w)
-                return float(result)
-        except (EOFError, OSError):
-            pass
-        self._retire(w)
-        return 0.0
+        result = w.ask(str(gold), str(answer), self.timeout_s)
+        if result is None:  # too slow or dead: kill it, start a replacement
+            self._retire(w)
+            return 0.0
+        self._idle.put(w)
+        return result
 
     def close(self) -> None:
         with self._lock:
@@ -146,3 +175,4 @@ def default_verifier() -> MathVerifier:
 def math_reward(completion: str, example: dict) -> float:
     """1.0 if the completion's final answer is mathematically equal to example["answer"] (math-verify), else 0.0."""
     return default_verifier().check(example["answer"], answer_text(completion))
+

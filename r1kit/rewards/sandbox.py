@@ -54,7 +54,8 @@ def _run_launcher(mode: str, source: str, limits: SandboxLimits) -> RunResult:
         with open(script, "w") as f:
             f.write(source)
         cfg = {
-            "python": sys.executable, "script": script, "workdir": workdir, "mode": mode,
+            # the real interpreter: a venv's bin/python is a symlink into the base install, which the cage exposes
+            "python": os.path.realpath(sys.executable), "script": script, "workdir": workdir, "mode": mode,
             "cpu_s": int(limits.cpu_s), "mem_bytes": int(limits.memory_mb) << 20,
             "fsize_bytes": int(limits.file_mb) << 20, "nproc": int(limits.max_procs), "wall_s": limits.wall_s,
         }

@@ -110,11 +110,14 @@ class AsyncEngine:
             stream.queue.put_nowait(RequestAborted(stream.request_id))  # wakes a reader still waiting
             self._send(("abort", stream.request_id))
 
-    async def call(self, fn: Callable[[Any], Any]) -> Any:
-        """Run fn(engine) on the engine thread between steps (safe access to engine state) and return its result."""
+    def call_threadsafe(self, fn: Callable[[Any], Any]) -> concurrent.futures.Future:
+        """Run fn(engine) on the engine thread between steps (safe access to engine state); from any thread."""
         fut: concurrent.futures.Future = concurrent.futures.Future()
         self._send(("call", fn, fut))
-        return await asyncio.wrap_future(fut)
+        return fut
+
+    async def call(self, fn: Callable[[Any], Any]) -> Any:
+        return await asyncio.wrap_future(self.call_threadsafe(fn))
 
     def alive(self) -> bool:
         return self._thread.is_alive()

@@ -57,8 +57,13 @@ def from_user_error(e: Exception) -> APIError:
     return APIError(400, str(e) or type(e).__name__, param=getattr(e, "param", None))
 
 
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "json-or-python"}
+
+
 def _loc(loc) -> str | None:
+    """pydantic's error location as a dotted param name, without union-member tags ("list[str]", "str", ...)."""
     parts = [str(p) for p in loc if p not in ("body", "query", "path")]
+    parts = [p for p in parts if p not in _TYPE_TAGS and not any(ch in p for ch in "[]()<> ,")]
     return ".".join(parts) or None
 
 

@@ -9,7 +9,8 @@ Tasks are named by one spec string, the way trainers and the CLI take them:
     load_task("humaneval")
 
 Common keys: n (number of examples), seed, split ("train" | "test": held out by seed and, for built-in tasks, also by
-content), template ("r1_distill" | "r1_zero" | "plain"). Values are parsed as int, float, true/false, else string.
+content), template ("r1_distill" | "r1_zero" | "plain"). Values are taken literally (no URL decoding, so ops=+-*
+works) and parsed as int, float, true/false, else string.
 Keyword arguments to load_task override the spec's keys.
 
 Example dict fields: question (raw text), messages (chat input) or prompt (raw-text input, r1_zero), answer (gold,
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Callable
-from urllib.parse import parse_qsl
 
 from r1kit.errors import UserError
 from r1kit.rewards.registry import RewardFn, accuracy_reward
@@ -77,9 +77,12 @@ def _parse_value(v: str):
 def parse_task_spec(spec: str) -> tuple[str, str, dict]:
     """"source:arg?k=v&k2=v2" -> (source, arg, params). A bare path ending in .jsonl means jsonl:path."""
     head, _, query = spec.partition("?")
-    params = {k: _parse_value(v) for k, v in parse_qsl(query, keep_blank_values=True, strict_parsing=False)}
-    if query and not params:
-        raise UserError(f"task spec {spec!r}: write options as ?key=value&key2=value2")
+    params = {}
+    for item in filter(None, query.split("&")):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise UserError(f"task spec {spec!r}: write options as ?key=value&key2=value2 (got {item!r})")
+        params[key.strip()] = _parse_value(value.strip())
     if head.endswith(".jsonl") and not head.startswith("jsonl:"):
         head = "jsonl:" + head
     source, _, arg = head.partition(":")

@@ -33,6 +33,7 @@ from r1kit.train.distributed import (DistInfo, all_gather_objects, all_reduce_ma
 from r1kit.train.losses import grpo_loss, token_logprobs
 from r1kit.train.optim import build_optimizer
 from r1kit.train.rollout import EngineRollout, Sample
+from r1kit.train.task_data import prompt_ids
 from r1kit.train.run import (RunLog, Timer, autocast_context, find_resume_checkpoint, grad_norm_and_clip,
                              load_policy, router_bias_update, save_final, aux_loss)
 
@@ -57,15 +58,6 @@ def score(samples: list[Sample], rewards: list[WeightedReward], cfg: GRPOConfig)
         s.reward = sum(r.weight * s.rewards[r.name] for r in rewards)
         s.reward += overlong_penalty(len(s.completion_ids), cfg.max_completion_length, cfg.overlong_buffer,
                                      cfg.overlong_penalty)
-
-
-def render_prompt(tokenizer, example: dict[str, Any], max_len: int) -> list[int]:
-    prompt = example.get("prompt")
-    if prompt is None:
-        raise UserError(f"task example has no 'prompt': keys {sorted(example)}")
-    messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": str(prompt)}]
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-    return list(ids[-max_len:])
 
 
 class PromptStream:
@@ -164,7 +156,7 @@ def train_grpo(model: str, out: str, cfg: GRPOConfig, tasks: list[str] = (), rew
 
         def draw(k: int) -> list[list[Sample]]:
             exs = [stream.next() for _ in range(k)]
-            prompts = [render_prompt(tokenizer, e, cfg.max_prompt_length) for e in exs]
+            prompts = [prompt_ids(tokenizer, e, cfg.max_prompt_length) for e in exs]
             seeds = [(cfg.seed * 1_000_003 + step * 10_007 + info.rank * 101 + draws[0] * 13 + j) % (2 ** 31)
                      for j in range(k)]
             draws[0] += 1
@@ -259,7 +251,7 @@ def _train_on(samples, adv, train_model, policy, ref, optimizer, scheduler, cfg:
                 (out.loss + aux_loss(policy) * (ids.shape[0] / len(samples))).backward()
             if it == 0:
                 t = out.num_tokens
-                acc["loss"] += float(out.loss) / W
+                acc["loss"] += float(out.loss.detach()) / W
                 acc["tokens"] += t
                 for key, v in (("clip_frac", out.clip_frac), ("clip_low", out.clip_low_frac),
                                ("clip_high", out.clip_high_frac), ("kl", out.kl), ("entropy", out.entropy or 0.0)):

@@ -36,8 +36,12 @@ class EngineRollout:
         from r1kit.engine.llm import LLM
 
         self.policy = policy
+        # By default the KV cache holds exactly one step's rollouts at full length (it is re-allocated, i.e.
+        # re-zeroed, before every rollout, so a large default would cost time for nothing).
+        block_size = 16
+        blocks = None if kv_cache_memory_gb > 0 else max_num_seqs * (-(-max_model_len // block_size) + 1) + 8
         self.llm = LLM(model=policy, tokenizer=tokenizer, max_model_len=max_model_len,
-                       max_num_seqs=max(max_num_seqs, 1),
+                       max_num_seqs=max(max_num_seqs, 1), block_size=block_size, num_kv_blocks=blocks,
                        kv_cache_memory=int(kv_cache_memory_gb * (1 << 30)) if kv_cache_memory_gb > 0 else None)
         self.llm.free_kv_cache()                 # allocated on demand by generate()
         self.tokenizer = tokenizer

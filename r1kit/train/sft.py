@@ -15,7 +15,7 @@ import json
 import math
 import random
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -88,20 +88,6 @@ def read_jsonl_conversations(path: str) -> list[list[dict[str, Any]]]:
     return convs
 
 
-def task_conversations(task_names: Iterable[str], n: int, seed: int) -> list[list[dict[str, Any]]]:
-    """Cold-start traces from the tasks' reference reasoning generators (see r1kit.tasks)."""
-    from r1kit.tasks import load_task
-
-    names = list(task_names)
-    convs = []
-    for k, name in enumerate(names):
-        task = load_task(name)
-        count = n // len(names) + (1 if k < n % len(names) else 0)
-        for ex in task.examples(count, seed=seed + k) if hasattr(task, "examples") else task.sample(count, seed=seed + k):
-            convs.append(task.reference_conversation(ex))
-    return convs
-
-
 def pack(examples: list[Example], max_len: int, seed: int) -> list[Example]:
     """Concatenate shuffled examples into rows of max_len + 1 tokens (inputs = row[:-1], targets = row[1:])."""
     order = list(range(len(examples)))
@@ -162,11 +148,13 @@ def train_sft(model: str, out: str, cfg: SFTConfig, data: list[str] = (), tasks:
     ckpt = find_resume_checkpoint(out, resume)
     tokenizer = load_tokenizer(model)
     convs = [c for path in data for c in read_jsonl_conversations(path)]
-    if tasks:
-        convs += task_conversations(tasks, cfg.num_examples, cfg.seed)
-    if not convs:
+    if not convs and not tasks:
         raise UserError("no training data: give --data FILE.jsonl and/or --task NAME")
     examples = [ex for conv in convs for ex in encode_conversation(tokenizer, conv)]
+    if tasks:
+        from r1kit.train.task_data import cold_start_examples
+
+        examples += cold_start_examples(tokenizer, list(tasks), cfg.num_examples, cfg.seed)
     if not examples:
         raise UserError("the data holds no assistant turns to train on")
     rows = (pack(examples, cfg.max_seq_len, cfg.seed) if cfg.packing

@@ -1,0 +1,102 @@
+"""GRPO end to end on r1kit's engine: learning on a toy reward, rollout logprobs, resume, router bias, penalties."""
+import json
+import os
+
+import pytest
+import torch
+
+from r1kit.train.config import GRPOConfig
+from r1kit.train.grpo import WeightedReward, batch_tensors, overlong_penalty, policy_logprobs, train_grpo
+
+
+def digit_fraction(text: str, example: dict) -> float:
+    """Toy verifiable reward a random tiny model can learn fast: the share of digit characters in its output."""
+    return sum(ch.isdigit() for ch in text) / max(len(text), 1)
+
+
+EXAMPLES = [{"prompt": [{"role": "user", "content": f"Count to {i}."}]} for i in range(16)]
+REWARDS = [WeightedReward("digits", digit_fraction, 1.0)]
+
+
+def _cfg(**kw):
+    base = dict(num_generations=8, prompts_per_step=4, max_completion_length=16, lr=1e-2, lr_schedule="constant",
+                micro_batch_size=32, sample_every=5, seed=0)
+    return GRPOConfig(**{**base, **kw})
+
+
+def _metrics(run):
+    return [json.loads(line) for line in open(os.path.join(run, "metrics.jsonl"))]
+
+
+@pytest.mark.slow
+def test_mean_reward_rises_on_a_toy_task(tiny_checkpoint, tmp_path):
+    train_grpo(tiny_checkpoint("qwen2"), str(tmp_path), _cfg(max_steps=20), examples=EXAMPLES, rewards=REWARDS)
+    m = _metrics(tmp_path)
+    first, last = sum(r["reward"] for r in m[:4]) / 4, sum(r["reward"] for r in m[-4:]) / 4
+    assert last > first + 0.3, (first, last)
+    for key in ("reward_std", "rewards/digits", "frac_reward_zero_std", "completion_length_max", "truncated_frac",
+                "kl", "clip_frac", "entropy", "lr", "grad_norm", "tokens_per_s", "rollout_time", "train_time"):
+        assert key in m[-1]
+    assert (tmp_path / "samples.jsonl").is_file() and (tmp_path / "final" / "model.safetensors").is_file()
+    assert (tmp_path / "reward.png").is_file() and (tmp_path / "length.png").is_file()
+
+
+def test_engine_rollout_logprobs_equal_the_training_forward(tiny_checkpoint):
+    from r1kit.models.checkpoint import load_model
+    from r1kit.tokenizer import load_tokenizer
+    from r1kit.train.rollout import EngineRollout
+    from r1kit.train.task_data import prompt_ids
+
+    path = tiny_checkpoint("deepseek_v3")
+    tok, model = load_tokenizer(path), load_model(path, dtype=torch.float32)
+    engine = EngineRollout(model, tok, max_model_len=128, max_num_seqs=8)
+    engine.wake()
+    [group] = engine.generate([prompt_ids(tok, EXAMPLES[0], 64)], EXAMPLES[:1], [0], 4, [7], 12, 0.7, 1.0)
+    engine.release_memory()
+    ids, mask, old = batch_tensors(group, tok.pad_token_id, torch.device("cpu"))
+    with torch.no_grad():
+        logp, _ = policy_logprobs(model, ids, 0.7, torch.device("cpu"), "float32")
+    assert mask.sum() == sum(len(s.completion_ids) for s in group) > 0
+    assert torch.allclose(old * mask, logp * mask, atol=2e-4)
+
+
+def test_resume_matches_an_uninterrupted_run_and_router_biases_move(tiny_checkpoint, tmp_path):
+    from safetensors.torch import load_file
+
+    path = tiny_checkpoint("deepseek_v3")
+    kw = dict(max_steps=4, save_every=2, beta=0.01, num_iterations=2, loss_type="dapo", eps_high=0.28,
+              max_completion_length=12, prompts_per_step=2, num_generations=4)
+    train_grpo(path, str(tmp_path / "full"), _cfg(**kw), examples=EXAMPLES, rewards=REWARDS)
+    assert train_grpo(path, str(tmp_path / "cut"), _cfg(**kw, stop_after=2), examples=EXAMPLES,
+                      rewards=REWARDS) is None
+    train_grpo(path, str(tmp_path / "cut"), _cfg(**kw), examples=EXAMPLES, rewards=REWARDS, resume=True)
+    full, cut = _metrics(tmp_path / "full"), _metrics(tmp_path / "cut")
+    assert [r["step"] for r in cut] == [1, 2, 3, 4]
+    for a, b in zip(full, cut):
+        for key in ("reward", "completion_length", "loss", "kl", "grad_norm"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-7), (a["step"], key)
+    assert full[-1]["kl"] > 0                                         # the reference is used when beta > 0
+    w0, w1 = load_file(os.path.join(path, "model.safetensors")), load_file(str(tmp_path / "full/final/model.safetensors"))
+    bias = [k for k in w0 if k.endswith("e_score_correction_bias")]
+    assert bias and any(not torch.equal(w0[k], w1[k]) for k in bias)
+
+
+def test_soft_overlong_penalty_ramps_over_the_buffer():
+    assert overlong_penalty(80, 100, 20, 1.0) == 0.0
+    assert overlong_penalty(90, 100, 20, 1.0) == pytest.approx(-0.5)
+    assert overlong_penalty(100, 100, 20, 2.0) == pytest.approx(-2.0)
+    assert overlong_penalty(100, 100, 0, 1.0) == 0.0
+
+
+def test_truncated_completions_are_masked_and_dynamic_sampling_drops_flat_groups(tiny_checkpoint, tmp_path):
+    def flat_for_even_prompts(text, ex):
+        return 0.0 if int(ex["prompt"][0]["content"].split()[-1][:-1]) % 2 == 0 else len(text) % 3 / 2
+
+    train_grpo(tiny_checkpoint("qwen2"), str(tmp_path), _cfg(max_steps=2, dynamic_sampling=True,
+               mask_truncated_completions=True, max_completion_length=6),
+               examples=EXAMPLES, rewards=[WeightedReward("digits", flat_for_even_prompts, 1.0)])
+    m = _metrics(tmp_path)
+    assert all(r["frac_reward_zero_std"] < 0.5 for r in m)            # flat (even) groups were replaced
+    # a random model almost never stops within 6 tokens; fully truncated steps carry no loss and no gradient
+    full = [r for r in m if r["truncated_frac"] == 1.0]
+    assert full and all(r["grad_norm"] == 0.0 and r["loss"] == 0.0 for r in full)
