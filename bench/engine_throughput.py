@@ -114,6 +114,10 @@ def run_hf_continuous(model, prompts, out_len):
         res = model.generate_batch(prompts, generation_config=cfg, record_timestamps=True, warmup=False)
     elapsed = time.perf_counter() - t0
     outs = list(res.values())
+    failed = [o for o in outs if o.error is not None or len(o.generated_tokens) < out_len]
+    if failed or not outs:
+        err = failed[0].error if failed else "no outputs"
+        return {"error": f"{len(failed)}/{len(outs)} requests failed: {str(err)[:200]}"}
     n_out = sum(len(o.generated_tokens) for o in outs)
     ttfts = [o.timestamps[0] - t0 for o in outs if o.timestamps]
     return {"tok_s": n_out / elapsed, "ttft": sum(ttfts) / len(ttfts) if ttfts else float("nan"), "elapsed": elapsed}

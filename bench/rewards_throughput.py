@@ -53,7 +53,8 @@ def bench_math(n: int, workers: int):
 
     completions, examples = math_workload(n)
     start = time.perf_counter()
-    serial = [float(verify(parse(_gold_text(e["answer"])), parse(answer_text(c)))) for c, e in zip(completions, examples)]
+    serial = [float(verify(parse(_gold_text(e["answer"])), parse(answer_text(c))))
+              for c, e in zip(completions, examples)]
     t_serial = time.perf_counter() - start
 
     default_verifier()  # pool sized to the cores; warm it up outside the timing

@@ -130,6 +130,7 @@ def test_countdown_parser_is_exact():
     ("94*4 - 61 - 6", True),
     ("94 * 4 - (61 + 6)", True),
     ("(94*4 - 61 - 6) = 309", True),
+    ("94 \\times 4 - 61 - 6", True),  # LaTeX multiplication as models write it in \boxed{}
     ("94*4 - 61 - 6 = 310", False),
     ("94*4 - 61 - 61", False),  # reuses 61, leaves 6 unused
     ("94*4 - 61", False),  # 6 unused (all numbers must be used)

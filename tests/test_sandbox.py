@@ -1,4 +1,5 @@
 """The code sandbox contains hostile programs: each attack scores 0, returns within its limit, and the host is fine."""
+import json
 import os
 import socket
 import subprocess
@@ -149,9 +150,26 @@ def test_sandbox_runs_from_non_main_threads():
     assert results == [1.0] * 4
 
 
-def test_mode_is_the_strongest_available_here():
-    mode = sandbox_mode()
-    if os.geteuid() == 0:
-        assert mode == "root"
-    elif subprocess.run(["unshare", "-rn", "true"], capture_output=True).returncode == 0:
-        assert mode == "userns"
+def test_namespaces_are_used_where_the_os_allows_them():
+    if subprocess.run(["unshare", "-rnp", "--fork", "true"], capture_output=True).returncode == 0:
+        assert sandbox_mode() == "ns"
+    if sandbox_mode() == "ns":
+        res = run_python("import os, json\nprint(json.dumps([os.getpid(), os.getuid(), os.listdir('/tmp')]))\n", FAST)
+        pid, uid, tmp = json.loads(res.stdout)
+        assert pid == 1 and uid != 0
+        assert len(tmp) == 1 and tmp[0].startswith("r1kit-sbx-")  # a private /tmp holding only its own directory
+
+
+def test_process_limit_is_per_sandbox_not_shared_between_concurrent_runs():
+    if sandbox_mode() != "ns":
+        pytest.skip("per-sandbox process counting needs a user namespace")
+    bomb = ("import os, time\ntry:\n    while True:\n        if os.fork() == 0:\n            time.sleep(3)\n"
+            "            os._exit(0)\nexcept OSError:\n    time.sleep(3)\n")
+    bomb_thread = threading.Thread(target=run_python, args=(bomb, FAST))
+    bomb_thread.start()
+    time.sleep(1.0)  # the bomb now holds all the processes it may have
+    program = ("import os\npids = [os.fork() for _ in range(4)]\nif 0 in pids:\n    os._exit(0)\n"
+               "for p in pids:\n    os.waitpid(p, 0)\nFORKED = len(pids)\n")
+    score = run_tests(program, ["assert FORKED == 4"], FAST)
+    bomb_thread.join()
+    assert score == 1.0

@@ -14,7 +14,7 @@ import pytest
 
 from r1kit.server.api import create_app
 from r1kit.server.background import BackgroundServer
-from r1kit.server.protocol import ChatCompletionChunk
+from r1kit.server.protocol import ChatCompletionChunk, ChatCompletionResponse, CompletionResponse
 from r1kit.tokenizer import load_tokenizer
 
 WRAPUP = "Time is up; I will give my answer now."
@@ -51,6 +51,7 @@ def _ask(client, **extra):
 
 def test_chat_splits_reasoning_and_answer_exactly_at_think_end(client, tok):
     resp = _ask(client)
+    ChatCompletionResponse.model_validate(resp.model_dump())
     choice = resp.choices[0]
     ids = choice.model_extra["token_ids"]
     full = tok.decode(ids, skip_special_tokens=True)
@@ -135,6 +136,7 @@ def test_completions_with_text_and_token_id_prompts_stream_and_echo(client, tok)
                                   extra_body={"ignore_eos": True, "return_token_ids": True})
     b = client.completions.create(model="tiny", prompt=ids, max_tokens=6, seed=1, echo=True,
                                   extra_body={"ignore_eos": True})
+    CompletionResponse.model_validate(b.model_dump())
     assert a.usage.prompt_tokens == b.usage.prompt_tokens == len(ids)
     assert a.choices[0].text == tok.decode(a.choices[0].model_extra["token_ids"], skip_special_tokens=True)
     assert b.choices[0].text == "The quick brown fox" + a.choices[0].text

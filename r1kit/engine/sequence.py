@@ -2,7 +2,9 @@
 
 A request with n samples becomes n Sequences (index 0..n-1). The token list is prompt + output; the scheduler
 computes `token_ids[num_computed_tokens:]` in the next step (one token when decoding, a chunk during prefill,
-or several forced tokens after the thinking budget ran out), and the block manager maps positions to KV blocks.
+or the last sampled token plus the tokens forced after the thinking budget ran out -- the forced tokens are
+appended to `token_ids` at once, so they need no queue and cost one forward), and the block manager maps
+positions to KV blocks.
 """
 from __future__ import annotations
 
@@ -39,10 +41,8 @@ class Sequence:
         self.stop_reason: int | str | None = None
         self.generator = generator
         self.logprobs: list = []  # one entry per output token (None for forced tokens)
-        self.forced: list[int] = []  # tokens to append without sampling (thinking budget wrap-up), FIFO
-        self.thinking_done = False  # the thinking-end token was produced or forced
+        self.thinking_done = False  # not thinking, or the thinking-end token was produced or forced
         self.num_thinking_tokens = 0  # sampled tokens before thinking ended
-        self.first_token_time: float | None = None
 
     def __len__(self) -> int:
         return len(self.token_ids)

@@ -28,6 +28,7 @@ from torch import nn
 from r1kit.errors import UserError
 from r1kit.models.causal_lm import CausalLM
 from r1kit.models.context import AttentionContext
+from r1kit.models.grouped_experts import grouped_swiglu
 from r1kit.models.hf_config import HFConfig
 from r1kit.models.layers import RMSNorm, SwiGLU, apply_rope, yarn_mscale
 
@@ -116,9 +117,11 @@ class MLAttention(nn.Module):
         k_nope, v = kv.split([self.nope, self.v], dim=-1)  # [B, T, H, nope], [B, T, H, v]
         q = torch.cat((q_nope, q_pe), dim=-1)  # [B, T, H, nope+rope]
         k = torch.cat((k_nope, k_pe.unsqueeze(-2).expand(*lead, self.h, self.rope)), dim=-1)
+        if self.v < self.nope + self.rope:  # equal head dims let SDPA use its fused (flash) kernel
+            v = F.pad(v, (0, self.nope + self.rope - self.v))
         o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                           attn_mask=mask, is_causal=mask is None, scale=self.scale)  # [B, H, T, v]
-        return self.o_proj(o.transpose(1, 2).flatten(2))
+                                           attn_mask=mask, is_causal=mask is None, scale=self.scale)  # [B, H, T, qk]
+        return self.o_proj(o[..., :self.v].transpose(1, 2).flatten(2))
 
     def _paged(self, q_nope, q_pe, c_kv, k_pe, ctx: AttentionContext) -> torch.Tensor:
         from r1kit.models.paged_attention import mla_paged_attention
@@ -185,12 +188,7 @@ class Experts(nn.Module):
         counts = torch.bincount(flat, minlength=self.e).tolist()
         token = order // k
         xs = x[token]  # [N*K, D], contiguous runs per expert
-        outs = []
-        for xe, gu, dn, c in zip(xs.split(counts), self.gate_up.unbind(0), self.down.unbind(0), counts):
-            if c:
-                gate, up = F.linear(xe, gu).chunk(2, dim=-1)  # [c, I] each
-                outs.append(F.linear(F.silu(gate) * up, dn))  # [c, D]
-        ys = torch.cat(outs) * w.flatten()[order, None].to(x.dtype)  # [N*K, D]
+        ys = grouped_swiglu(xs, self.gate_up, self.down, counts) * w.flatten()[order, None].to(x.dtype)  # [N*K, D]
         return x.new_zeros(n, x.shape[-1]).index_add_(0, token, ys)
 
     def hf_tensors(self, prefix: str) -> dict[str, torch.Tensor]:

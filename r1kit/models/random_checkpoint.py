@@ -4,7 +4,8 @@
 
 Presets (vocabulary = the size of the tokenizer trained on r1kit.tokenizer.default_corpus):
     tiny   a few layers, hidden 64, vocab ~512: fast unit tests, the demo, tiny training runs
-    small  hidden 256-320, vocab ~1k; for deepseek_v3 a ~25M-parameter MoE (32 experts, 4 active): benchmarks
+    small  hidden 256-320, vocab ~1k; for deepseek_v3 a ~25M-parameter fine-grained MoE shaped like V3
+           (64 experts of width hidden/4, 8 active, 8 groups of which 4 kept): benchmarks
 The files are exactly what a real checkpoint has (config.json, model.safetensors, tokenizer.json,
 tokenizer_config.json), so everything downstream loads them through the same code as real models.
 """
@@ -23,10 +24,10 @@ _DEEPSEEK_TINY = dict(hidden_size=64, intermediate_size=128, moe_intermediate_si
                       v_head_dim=16, n_routed_experts=8, n_shared_experts=1, num_experts_per_tok=2, n_group=2,
                       topk_group=1, first_k_dense_replace=1, routed_scaling_factor=2.5, num_nextn_predict_layers=0,
                       max_position_embeddings=4096)
-_DEEPSEEK_SMALL = dict(hidden_size=256, intermediate_size=768, moe_intermediate_size=128, num_hidden_layers=8,
+_DEEPSEEK_SMALL = dict(hidden_size=256, intermediate_size=768, moe_intermediate_size=64, num_hidden_layers=8,
                        num_attention_heads=8, q_lora_rank=128, kv_lora_rank=64, qk_nope_head_dim=32,
-                       qk_rope_head_dim=16, v_head_dim=32, n_routed_experts=32, n_shared_experts=1,
-                       num_experts_per_tok=4, n_group=4, topk_group=2, first_k_dense_replace=1,
+                       qk_rope_head_dim=16, v_head_dim=32, n_routed_experts=64, n_shared_experts=1,
+                       num_experts_per_tok=8, n_group=8, topk_group=4, first_k_dense_replace=1,
                        routed_scaling_factor=2.5, num_nextn_predict_layers=0, max_position_embeddings=4096)
 _DENSE_TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                    num_key_value_heads=2, max_position_embeddings=4096)

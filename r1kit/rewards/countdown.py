@@ -24,7 +24,8 @@ class CountdownSyntaxError(ValueError):
 
 def _tokenize(expr: str) -> list[str]:
     tokens, pos = [], 0
-    expr = expr.replace("\\times", "*").replace("×", "*").replace("\\cdot", "*").replace("÷", "/").replace("\\div", "/")
+    for written, op in (("\\times", "*"), ("×", "*"), ("\\cdot", "*"), ("÷", "/"), ("\\div", "/")):
+        expr = expr.replace(written, op)
     while pos < len(expr):
         if expr[pos:].strip() == "":
             break

@@ -108,8 +108,9 @@ class MathVerifier:
     def __init__(self, workers: int | None = None, timeout_s: float = 5.0, inner_timeout_s: int | None = None):
         self.workers = max(1, workers or os.cpu_count() or 1)
         self.timeout_s = float(timeout_s)
-        # math-verify's own SIGALRM timeouts end most slow checks without a process restart
-        self.inner_timeout_s = max(1, math.floor(timeout_s)) if inner_timeout_s is None else inner_timeout_s
+        # math-verify's own SIGALRM timeouts (per parse and per verify) end most slow checks before the outer
+        # timeout does, which saves a process restart; 0 turns them off
+        self.inner_timeout_s = max(1, math.floor(timeout_s) // 2) if inner_timeout_s is None else inner_timeout_s
         self._idle: queue.Queue[_Worker] = queue.Queue()
         self._lock = threading.Lock()
         self._started = 0

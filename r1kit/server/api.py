@@ -22,7 +22,8 @@ from r1kit.server import openai_serving as serving
 from r1kit.server.async_engine import AsyncEngine
 from r1kit.server.errors import APIError, error_body, install_error_handlers
 from r1kit.server.metrics import Metrics
-from r1kit.server.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
+from r1kit.server.protocol import (ChatCompletionRequest, ChatCompletionResponse, CompletionRequest,
+                                   CompletionResponse, ErrorResponse, ModelCard, ModelList)
 
 _ENDPOINTS = {"/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics", "/"}
 
@@ -96,11 +97,14 @@ def create_app(engine, served_model_name: str = "r1kit", *, api_key: str | None 
     app.state.async_engine = async_engine
     install_error_handlers(app)
 
-    @app.post("/v1/chat/completions")
+    errors = {status: {"model": ErrorResponse} for status in (400, 401, 404, 429)}
+
+    @app.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses=errors)
     async def chat_completions(req: ChatCompletionRequest, request: Request):
+        """OpenAI chat completions; `stream: true` answers with server-sent events (ChatCompletionChunk)."""
         return await serving.chat_completion(ctx, req, request)
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", response_model=CompletionResponse, responses=errors)
     async def completions(req: CompletionRequest, request: Request):
         return await serving.completion(ctx, req, request)
 

@@ -64,7 +64,8 @@ def _subtraction_steps(a: int, b: int) -> list[str]:
         x, y = da[i] - borrow, (db[i] if i < len(db) else 0)
         note = " (after lending 1)" if borrow else ""
         if x < y:
-            out.append(f"Column {i + 1} from the right: {x}{note} is less than {y}, borrow 10: {x + 10} - {y} = {x + 10 - y}.")
+            out.append(f"Column {i + 1} from the right: {x}{note} is less than {y}, borrow 10: "
+                       f"{x + 10} - {y} = {x + 10 - y}.")
             borrow = 1
         else:
             out.append(f"Column {i + 1} from the right: {x}{note} - {y} = {x - y}.")
@@ -158,7 +159,8 @@ def countdown_reference(example: dict) -> str:
     m = example["metadata"]
     reasoning = (f"I need to reach {m['target']} using each of {', '.join(map(str, m['numbers']))} exactly once.\n"
                  "Let me combine them step by step:\n" + "\n".join(m["steps"])
-                 + f"\nThat reaches {m['target']}, and every number was used once. The expression is {m['expression']}.")
+                 + f"\nThat reaches {m['target']}, and every number was used once. "
+                 f"The expression is {m['expression']}.")
     return format_completion(example, reasoning, m["expression"])
 
 

@@ -9,6 +9,7 @@ words work too; they override `--config FILE` (TOML/YAML/JSON), which overrides 
 from __future__ import annotations
 
 import argparse
+import os
 
 from r1kit.config import add_config_args, args_to_overrides, build_config, parse_overrides
 from r1kit.train.config import GRPOConfig, SFTConfig
@@ -56,6 +57,9 @@ def run(args: argparse.Namespace) -> int:
         cfg = build(args, GRPOConfig)
         final = train_grpo(args.model, args.out, cfg, tasks=args.task, reward=args.reward,
                            resume=args.resume or False)
-    if final is not None:
+    if final is not None and int(os.environ.get("RANK", "0")) == 0:
         print(f"final model: {final}")
+    from r1kit.train.distributed import DistInfo, shutdown
+
+    shutdown(DistInfo(world_size=int(os.environ.get("WORLD_SIZE", "1"))))
     return 0

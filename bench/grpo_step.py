@@ -1,0 +1,169 @@
+"""GRPO step time and SFT throughput: r1kit vs TRL's GRPOTrainer and a plain transformers training loop.
+
+Same Hugging Face-layout checkpoint (a random r1kit preset, loadable by transformers), the same countdown prompts and
+reward (r1kit.rewards accuracy + format), G=8 completions for 8 prompts per step, max_completion_length 128, one
+policy update per batch (num_iterations 1), beta 0, temperature 1: seconds per optimizer step for each, and the ratio.
+The first step of each is a warm-up and is not counted.
+SFT: tokens/s of `r1kit train sft` vs a plain transformers loop (AutoModelForCausalLM, AdamW, labels masked to the
+completion) over the same packed rows.
+
+TRL is NOT an r1kit dependency. Install it for this benchmark only, e.g. in a side environment:
+    python3 -m venv --system-site-packages /tmp/trlenv && /tmp/trlenv/bin/pip install trl
+    /tmp/trlenv/bin/python bench/grpo_step.py [--model-type qwen2] [--preset small] [--steps 3]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+TASK = "countdown?numbers=3&n=200&seed=0"
+REWARD = "accuracy:1.0,format:0.2"
+
+
+def make_checkpoint(model_type: str, preset: str, root: Path) -> str:
+    from r1kit.models.random_checkpoint import create_random_checkpoint
+
+    out = root / f"{model_type}-{preset}"
+    create_random_checkpoint(out, model_type=model_type, preset=preset, seed=0)
+    return str(out)
+
+
+def bench_r1kit_grpo(model: str, steps: int, root: Path, g: int, prompts: int, max_len: int) -> list[float]:
+    from r1kit.train.config import GRPOConfig
+    from r1kit.train.grpo import train_grpo
+
+    cfg = GRPOConfig(num_generations=g, prompts_per_step=prompts, max_completion_length=max_len, max_steps=steps + 1,
+                     micro_batch_size=16, beta=0.0, num_iterations=1, temperature=1.0, lr=1e-6, sample_every=0,
+                     max_prompt_length=256)
+    out = root / "r1kit-grpo"
+    train_grpo(model, str(out), cfg, tasks=[TASK], reward=REWARD)
+    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    print(f"  r1kit: completion length mean {rows[-1]['completion_length']:.0f}, "
+          f"rollout {statistics.mean(r['rollout_time'] for r in rows[1:]):.2f}s, "
+          f"train {statistics.mean(r['train_time'] for r in rows[1:]):.2f}s per step", flush=True)
+    return [r["step_time"] for r in rows[1:]]
+
+
+def bench_trl_grpo(model: str, steps: int, root: Path, g: int, prompts: int, max_len: int) -> list[float]:
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from r1kit.tasks import load_task
+    from r1kit.train.task_data import examples_and_rewards
+
+    task = load_task(TASK)
+    examples, rewards = examples_and_rewards([TASK], REWARD, 0)
+    data = Dataset.from_list([{"prompt": ex["messages"], "idx": i} for i, ex in enumerate(task.examples)])
+
+    def reward_fn(prompts, completions, idx, **kw):
+        texts = [c[0]["content"] if isinstance(c, list) else c for c in completions]
+        return [sum(r.weight * r.fn(t, examples[i]) for r in rewards) for t, i in zip(texts, idx)]
+
+    times: list[float] = []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            self.t = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            times.append(time.perf_counter() - self.t)
+
+    args = GRPOConfig(output_dir=str(root / "trl"), num_generations=g, per_device_train_batch_size=g * prompts,
+                      gradient_accumulation_steps=1, max_completion_length=max_len, num_iterations=1, beta=0.0,
+                      temperature=1.0, learning_rate=1e-6, max_steps=steps + 1, logging_steps=1, save_strategy="no",
+                      report_to=[], use_cpu=True, bf16=False, seed=0, use_vllm=False, dataloader_num_workers=0,
+                      disable_tqdm=True)
+    tok = AutoTokenizer.from_pretrained(model)
+    trainer = GRPOTrainer(model=AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32),
+                          reward_funcs=reward_fn, args=args, train_dataset=data, processing_class=tok,
+                          callbacks=[Timer()])
+    trainer.train()
+    return times[1:]
+
+
+def sft_rows(model: str, n: int, seq_len: int):
+    from r1kit.tokenizer import load_tokenizer
+    from r1kit.train.sft import pack
+    from r1kit.train.task_data import cold_start_examples
+
+    tok = load_tokenizer(model)
+    return pack(cold_start_examples(tok, [TASK], n, 0), seq_len, 0), tok
+
+
+def bench_r1kit_sft(model: str, root: Path, steps: int, batch: int, seq_len: int) -> float:
+    from r1kit.train.config import SFTConfig
+    from r1kit.train.sft import train_sft
+
+    out = root / "r1kit-sft"
+    cfg = SFTConfig(max_steps=steps + 1, batch_size=batch, max_seq_len=seq_len, num_examples=200, lr=1e-4)
+    train_sft(model, str(out), cfg, tasks=[TASK])
+    rows = [json.loads(line) for line in open(out / "metrics.jsonl")][1:]
+    return sum(r["tokens_per_s"] * r["step_time"] for r in rows) / sum(r["step_time"] for r in rows)
+
+
+def bench_hf_sft(model: str, steps: int, batch: int, seq_len: int) -> float:
+    from transformers import AutoModelForCausalLM
+
+    from r1kit.train.sft import collate
+
+    rows, tok = sft_rows(model, 200, seq_len)
+    m = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+    m.train()
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
+    tokens, elapsed = 0, 0.0
+    for step in range(steps + 1):
+        idx = [(step * batch + i) % len(rows) for i in range(batch)]
+        inp, tgt, msk = collate([rows[i] for i in idx], tok.pad_token_id)
+        labels = torch.cat([inp[:, :1], tgt], 1).masked_fill(torch.cat([torch.zeros_like(msk[:, :1]), msk], 1) == 0, -100)
+        ids = torch.cat([inp, tgt[:, -1:]], 1)
+        t = time.perf_counter()
+        loss = m(input_ids=ids, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad()
+        if step:
+            elapsed += time.perf_counter() - t
+            tokens += int((ids != tok.pad_token_id).sum())
+    return tokens / elapsed
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model-type", default="qwen2")
+    p.add_argument("--preset", default="small")
+    p.add_argument("--steps", type=int, default=3, help="timed steps (after one warm-up step)")
+    p.add_argument("--skip-trl", action="store_true")
+    p.add_argument("--skip-sft", action="store_true")
+    a = p.parse_args()
+    torch.manual_seed(0)
+    g, prompts, max_len = 8, 8, 128
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        model = make_checkpoint(a.model_type, a.preset, root)
+        print(f"model {a.model_type}-{a.preset}, torch threads {torch.get_num_threads()}, "
+              f"G={g}, prompts/step={prompts}, max_completion_length={max_len}", flush=True)
+        ours = bench_r1kit_grpo(model, a.steps, root, g, prompts, max_len)
+        print(f"r1kit GRPO: {statistics.median(ours):.2f} s/step  {[round(x, 2) for x in ours]}", flush=True)
+        if not a.skip_trl:
+            theirs = bench_trl_grpo(model, a.steps, root, g, prompts, max_len)
+            print(f"TRL GRPOTrainer: {statistics.median(theirs):.2f} s/step  {[round(x, 2) for x in theirs]}")
+            print(f"GRPO speed-up r1kit vs TRL: {statistics.median(theirs) / statistics.median(ours):.1f}x", flush=True)
+        if not a.skip_sft:
+            ours_sft = bench_r1kit_sft(model, root, 10, 8, 512)
+            hf_sft = bench_hf_sft(model, 10, 8, 512)
+            print(f"SFT tokens/s: r1kit {ours_sft:.0f}, plain transformers loop {hf_sft:.0f}, "
+                  f"ratio {ours_sft / hf_sft:.2f}x")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
