@@ -7,6 +7,7 @@ math: 1,024 completions (right and wrong answers in varied forms) for arithmetic
 code: 1,024 HumanEval completions (canonical solutions and broken ones, cycled).
   peer: the same sandbox called one completion at a time in a loop.
   r1kit: `score_batch(code_reward, ..., workers)` (sandboxes run concurrently).
+Peer and r1kit run on alternating quarters of the work, so load from others on a shared machine hits both alike.
 
     python3 bench/rewards_throughput.py [--n 1024] [--workers N] [--only math|code]
 """
@@ -40,9 +41,27 @@ def code_workload(n: int):
     completions, examples = [], []
     for i in range(n):
         ex = task[i % len(task)]
-        completions.append(ex["answer"] if i % 2 == 0 else "    return None\n")
+        body = ex["answer"] if i % 2 == 0 else "    return None\n"
+        completions.append("I'll write it.\n</think>\n" + body)
         examples.append(ex)
     return completions, examples
+
+
+def _interleaved(serial_fn, parallel_fn, completions, examples, rounds: int = 4):
+    """Time the peer and r1kit on alternating slices, so that load from others on a shared machine hits both alike."""
+    t_serial = t_parallel = 0.0
+    scores_serial, scores_parallel = [], []
+    step = -(-len(completions) // rounds)
+    for i in range(0, len(completions), step):
+        c, e = completions[i:i + step], examples[i:i + step]
+        start = time.perf_counter()
+        scores_serial += serial_fn(c, e)
+        t_serial += time.perf_counter() - start
+        start = time.perf_counter()
+        scores_parallel += parallel_fn(c, e)
+        t_parallel += time.perf_counter() - start
+    assert scores_parallel == scores_serial, "parallel and serial scores differ"
+    return t_serial, t_parallel, sum(scores_parallel)
 
 
 def bench_math(n: int, workers: int):
@@ -51,33 +70,22 @@ def bench_math(n: int, workers: int):
     from r1kit.rewards import answer_text, math_reward_batch
     from r1kit.rewards.math_reward import _gold_text, default_verifier
 
-    completions, examples = math_workload(n)
-    start = time.perf_counter()
-    serial = [float(verify(parse(_gold_text(e["answer"])), parse(answer_text(c))))
-              for c, e in zip(completions, examples)]
-    t_serial = time.perf_counter() - start
+    def serial(completions, examples):
+        return [float(verify(parse(_gold_text(e["answer"])), parse(answer_text(c))))
+                for c, e in zip(completions, examples)]
 
+    completions, examples = math_workload(n)
     default_verifier()  # pool sized to the cores; warm it up outside the timing
     math_reward_batch(completions[:workers * 4], examples[:workers * 4], workers=workers)
-    start = time.perf_counter()
-    parallel = math_reward_batch(completions, examples, workers=workers)
-    t_parallel = time.perf_counter() - start
-    assert parallel == serial, "parallel and serial scores differ"
-    return t_serial, t_parallel, sum(parallel)
+    return _interleaved(serial, lambda c, e: math_reward_batch(c, e, workers=workers), completions, examples)
 
 
 def bench_code(n: int, workers: int):
     from r1kit.rewards import code_reward, score_batch
 
     completions, examples = code_workload(n)
-    start = time.perf_counter()
-    serial = [code_reward(c, e) for c, e in zip(completions, examples)]
-    t_serial = time.perf_counter() - start
-    start = time.perf_counter()
-    parallel = score_batch(code_reward, completions, examples, workers=workers)
-    t_parallel = time.perf_counter() - start
-    assert parallel == serial, "parallel and serial scores differ"
-    return t_serial, t_parallel, sum(parallel)
+    return _interleaved(lambda c, e: [code_reward(x, y) for x, y in zip(c, e)],
+                        lambda c, e: score_batch(code_reward, c, e, workers=workers), completions, examples)
 
 
 def main() -> None:

@@ -1,10 +1,13 @@
 """Training throughput (forward + backward tokens/s) of r1kit's DeepSeek-V3 vs transformers' DeepseekV3ForCausalLM.
 
 Same config, same weights (r1kit saves, transformers loads the files), same batch, same dtype, in one process;
-the two models are timed in alternation so that background load hits both alike. Prints tokens/s and the ratio.
+the models are timed in alternation so that background load hits all alike. Prints tokens/s and the ratios.
+transformers runs twice: with its default experts implementation (5.x: "grouped_mm", tokens sorted by expert, on
+CPU a loop of per-expert matmuls -- the same idea as r1kit's) and with experts_implementation="eager" (a Python loop
+over experts with per-expert masks and weight indexing, the implementation of transformers 4.x).
 
     python3 bench/train_throughput.py                       # both presets: "small" (~25M MoE) and "tiny"
-    python3 bench/train_throughput.py --preset small --batch 8 --seq 256 --steps 5
+    python3 bench/train_throughput.py --preset small --batch 4 --seq 256 --steps 3 --threads 1
 """
 from __future__ import annotations
 
@@ -28,44 +31,49 @@ def _step(model, ids, hf: bool) -> None:
     model.zero_grad(set_to_none=True)
 
 
-def bench(preset: str, batch: int, seq: int, steps: int, dtype: torch.dtype) -> tuple[float, float]:
+def bench(preset: str, batch: int, seq: int, steps: int, dtype: torch.dtype) -> dict[str, float]:
     import transformers
 
     config = preset_config("deepseek_v3", preset, vocab_size=1024, max_position_embeddings=max(4096, seq))
     ours = build_model(config, device="cpu", dtype=dtype, seed=0).train()
+    models = {"r1kit": ours}
     with tempfile.TemporaryDirectory() as d:
         save_model(ours, d)
-        hf = transformers.AutoModelForCausalLM.from_pretrained(d, dtype=dtype).train()
+        for impl in ("default", "eager"):
+            kw = {} if impl == "default" else {"experts_implementation": impl}
+            hf = transformers.AutoModelForCausalLM.from_pretrained(d, dtype=dtype, **kw).train()
+            models[f"transformers ({hf.config._experts_implementation})"] = hf
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, config.vocab_size, (batch, seq), generator=g)
-    with torch.no_grad():  # same function, so timing compares like with like
-        diff = (hf(ids[:1]).logits - ours(ids[:1])).abs().max().item()
+    with torch.no_grad():  # all models compute the same function
+        diff = max((m(ids[:1]).logits - ours(ids[:1])).abs().max().item() for m in list(models.values())[1:])
     print(f"\n[{preset}] {num_parameters(ours) / 1e6:.1f}M params, {config.n_routed_experts} experts "
           f"(top-{config.num_experts_per_tok}), batch {batch}x{seq}, {dtype}, {torch.get_num_threads()} threads; "
           f"max |logit diff| = {diff:.1e}")
-    times = {"r1kit": 0.0, "transformers": 0.0}
-    for name, m in (("r1kit", ours), ("transformers", hf)):  # warm-up
-        _step(m, ids, name == "transformers")
+    times = dict.fromkeys(models, 0.0)
+    for name, m in models.items():  # warm-up
+        _step(m, ids, name != "r1kit")
     for _ in range(steps):
-        for name, m in (("r1kit", ours), ("transformers", hf)):
+        for name, m in models.items():
             t0 = time.perf_counter()
-            _step(m, ids, name == "transformers")
+            _step(m, ids, name != "r1kit")
             times[name] += time.perf_counter() - t0
     tps = {k: batch * seq * steps / v for k, v in times.items()}
-    print(f"  r1kit        {tps['r1kit']:9.0f} tokens/s")
-    print(f"  transformers {tps['transformers']:9.0f} tokens/s")
-    print(f"  ratio r1kit / transformers = {tps['r1kit'] / tps['transformers']:.2f}x")
-    return tps["r1kit"], tps["transformers"]
+    for name, v in tps.items():
+        ratio = "" if name == "r1kit" else f"   r1kit / this = {tps['r1kit'] / v:.2f}x"
+        print(f"  {name:32s} {v:8.0f} tokens/s{ratio}")
+    return tps
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=["small", "tiny", "both"], default="both")
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq", type=int, default=256)
-    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--steps", type=int, default=3)
     p.add_argument("--dtype", default="float32")
-    p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1),
+                   help="torch threads (use 1 on a machine busy with other jobs: waiting threads dominate)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

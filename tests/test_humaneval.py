@@ -10,8 +10,9 @@ def test_humaneval_canonical_solutions_pass_and_empty_completions_fail():
     task = load_task("humaneval")
     assert len(task) == 164
     examples = list(task)
-    canonical = [ex["answer"] for ex in examples]  # the indented body that continues the prompt
-    scores = score_batch(task.score, canonical + [""] * len(examples), examples + examples, workers=6)
+    canonical = ["Done.\n</think>\n" + ex["answer"] for ex in examples]  # the body continuing the prompt
+    empty = ["Done.\n</think>\n"] * len(examples)
+    scores = score_batch(task.score, canonical + empty, examples + examples, workers=6)
     failed_canonical = [ex["metadata"]["task_id"] for ex, s in zip(examples, scores[:164]) if s != 1.0]
     passed_empty = [ex["metadata"]["task_id"] for ex, s in zip(examples, scores[164:]) if s != 0.0]
     assert failed_canonical == [] and passed_empty == []

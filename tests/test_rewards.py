@@ -32,7 +32,7 @@ def test_split_reasoning_handles_prefilled_and_explicit_think_tags():
     assert split_reasoning("steps\n</think>\n\nanswer") == ("steps", "answer")
     assert split_reasoning("<think>steps</think>answer") == ("steps", "answer")
     assert split_reasoning("<think>still thinking") == ("still thinking", "")
-    assert split_reasoning("just an answer") == ("", "just an answer")
+    assert split_reasoning("no closing tag: \\boxed{4}") == ("no closing tag: \\boxed{4}", "")  # prefilled
 
 
 def test_answer_text_prefers_last_answer_block():
@@ -51,10 +51,12 @@ def test_last_boxed_balances_nested_braces_and_takes_the_last():
 def test_final_answer_uses_boxed_inside_answer_part_only():
     assert final_answer("maybe \\boxed{3}</think>so \\boxed{4}") == "4"
     assert final_answer("maybe \\boxed{3}</think>it is 4") == "it is 4"
+    assert final_answer("maybe \\boxed{3}") == ""  # unfinished reasoning has no answer
 
 
 def test_code_answer_keeps_indentation_and_prefers_fenced_blocks():
-    assert code_answer("    return 1\n") == "    return 1"
+    assert code_answer("plan</think>\n    return 1\n") == "    return 1"
+    assert code_answer("    return 1\n") == ""  # no </think>: no answer
     assert code_answer("think</think>\n```python\ndef f():\n    return 2\n```\ntext") == "def f():\n    return 2\n"
     assert code_answer("<think>unfinished ```python\nx=1\n```") == ""
 
@@ -171,7 +173,7 @@ def test_countdown_reward_reads_numbers_from_metadata():
 
 def test_code_reward_fraction_and_prefix_continuation():
     ex = {"tests": ["assert add(1, 2) == 3", "assert add(0, 0) == 1"], "code_prefix": "def add(a, b):\n"}
-    assert code_reward("    return a + b\n", ex) == 0.5
+    assert code_reward("r</think>\n    return a + b\n", ex) == 0.5
     full = "r</think>\n```python\ndef add(a, b):\n    return a + b + (a == b == 0)\n```"
     assert code_reward(full, ex) == 1.0
     assert code_reward("", ex) == 0.0

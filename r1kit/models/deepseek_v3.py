@@ -188,7 +188,7 @@ class Experts(nn.Module):
         counts = torch.bincount(flat, minlength=self.e).tolist()
         token = order // k
         xs = x[token]  # [N*K, D], contiguous runs per expert
-        ys = grouped_swiglu(xs, self.gate_up, self.down, counts) * w.flatten()[order, None].to(x.dtype)  # [N*K, D]
+        ys = grouped_swiglu(xs, self.gate_up, self.down, w.flatten()[order].to(x.dtype), counts)  # [N*K, D]
         return x.new_zeros(n, x.shape[-1]).index_add_(0, token, ys)
 
     def hf_tensors(self, prefix: str) -> dict[str, torch.Tensor]:

@@ -3,8 +3,9 @@
 R1 completions look like `reasoning </think> answer` (the chat template prefills `<think>\\n`, so the opening tag is
 usually absent); the R1-Zero template asks for `<think> ... </think> <answer> ... </answer>`; the R1-distill
 instruction asks for the final answer in `\\boxed{}`. Rules:
-- the answer part is the text after the first `</think>`; a completion that opens `<think>` but never closes it has
-  no answer (""); a completion with no think tags at all is all answer (non-reasoning models, SFT data);
+- the split is the engine's (r1kit.engine.reasoning_parser, "r1" parser, prefilled): the answer part is the text
+  after the first `</think>`; a completion without `</think>` (still thinking, or truncated) has no answer, so
+  skipping the reasoning tags cannot earn accuracy. To score a model that does not reason, prepend "</think>";
 - inside the answer part, the last `<answer>...</answer>` block wins when present;
 - `final_answer` further takes the last `\\boxed{...}` (or `\\fbox{}`) when there is one.
 """
@@ -12,19 +13,20 @@ from __future__ import annotations
 
 import re
 
+from r1kit.engine.reasoning_parser import ReasoningParser
+
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 _ANSWER_BLOCK = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?|[-+]?\.\d+(?:[eE][-+]?\d+)?")
 
 
+_R1_SPLITTER = ReasoningParser(THINK_OPEN, THINK_CLOSE, prefilled=True)  # split() is stateless
+
+
 def split_reasoning(completion: str) -> tuple[str, str]:
     """(reasoning, answer part) of a completion, following the rules in the module docstring."""
-    head, sep, tail = completion.partition(THINK_CLOSE)
-    if sep:
-        return head.replace(THINK_OPEN, "", 1).strip(), tail.strip()
-    if THINK_OPEN in completion:
-        return completion.replace(THINK_OPEN, "", 1).strip(), ""
-    return "", completion.strip()
+    reasoning, answer = _R1_SPLITTER.split(completion)
+    return reasoning, answer.strip()
 
 
 def answer_text(completion: str) -> str:
@@ -77,8 +79,7 @@ def last_number(text: str) -> float | None:
 def code_answer(completion: str) -> str:
     """The program in a completion: the last ```python (or plain ```) block of the answer part, else the answer
     part itself with its indentation kept (a HumanEval-style continuation starts indented)."""
-    head, sep, tail = completion.partition(THINK_CLOSE)
-    raw = tail if sep else ("" if THINK_OPEN in completion else completion)
+    raw = completion.partition(THINK_CLOSE)[2]  # as split_reasoning, but keeping the first line's indentation
     blocks = _ANSWER_BLOCK.findall(raw)
     raw = blocks[-1] if blocks else raw
     fenced = re.findall(r"```[ \t]*(?:python|py|Python)?[ \t]*\n(.*?)```", raw, re.DOTALL)

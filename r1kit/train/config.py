@@ -96,6 +96,8 @@ class GRPOConfig(TrainConfig):
         _check(0 <= self.eps_low < 1 and self.eps_high >= 0, "eps_low must be in [0, 1) and eps_high >= 0")
         _check(self.beta >= 0, "beta must be >= 0")
         _check(self.num_iterations >= 1, "num_iterations must be >= 1")
+        _check(self.grad_accum_steps == 1, "GRPO takes one optimizer step per rollout batch; set micro_batch_size "
+               "(completions per forward/backward) instead of grad_accum_steps")
         _check(0 <= self.overlong_buffer < self.max_completion_length,
                "overlong_buffer must be in [0, max_completion_length)")
 

@@ -71,6 +71,44 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "module", model)
 
 
+def _fsdp_modules(model: torch.nn.Module) -> list:
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:
+        return []
+    return [m for m in model.modules() if isinstance(m, FSDPModule)]
+
+
+def gather_for_inference(model: torch.nn.Module) -> None:
+    """FSDP2: all-gather every shard before a rollout, so ranks can run different numbers of engine steps."""
+    for m in _fsdp_modules(model):
+        m.unshard()
+
+
+def reshard(model: torch.nn.Module) -> None:
+    for m in _fsdp_modules(model):
+        m.reshard()
+
+
+def full_model_for_saving(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The module to hand to save_model: `model` itself, or for FSDP2 a CPU copy with the gathered full weights
+    (collective: every rank must call it; only rank 0 gets the copy, others None)."""
+    if not _fsdp_modules(model):
+        return model
+    import copy
+
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if dist.get_rank() != 0:
+        return None
+    from r1kit.models.registry import build_model
+
+    clone = build_model(copy.deepcopy(model.config), device="cpu", dtype="float32", init=False)
+    clone.load_state_dict(full)
+    return clone
+
+
 def all_reduce_sum(values: list[float] | torch.Tensor, info: DistInfo) -> torch.Tensor:
     """Sum a small vector of numbers over ranks (returned as a float64 CPU tensor)."""
     t = torch.as_tensor(values, dtype=torch.float64).clone()

@@ -29,7 +29,8 @@ from r1kit.train.advantages import fill_informative_groups, group_advantages, ze
 from r1kit.train.checkpointing import load_trainer_state, save_checkpoint
 from r1kit.train.config import GRPOConfig
 from r1kit.train.distributed import (DistInfo, all_gather_objects, all_reduce_max, all_reduce_sum, barrier,
-                                     init_distributed, unwrap, wrap_model)
+                                     full_model_for_saving, gather_for_inference, init_distributed, reshard, unwrap,
+                                     wrap_model)
 from r1kit.train.losses import grpo_loss, token_logprobs
 from r1kit.train.optim import build_optimizer
 from r1kit.train.rollout import EngineRollout, Sample
@@ -134,7 +135,8 @@ def train_grpo(model: str, out: str, cfg: GRPOConfig, tasks: list[str] = (), rew
     start = 0
     if ckpt is not None:
         state = load_trainer_state(ckpt)
-        optimizer.load_state_dict(state["optimizer"])
+        if state["optimizer"] is not None:
+            optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         stream.cursor = state["prompt_cursors"][info.rank]
         if ref is not None and state.get("ref") is not None:
@@ -151,6 +153,7 @@ def train_grpo(model: str, out: str, cfg: GRPOConfig, tasks: list[str] = (), rew
     for step in bar:
         t0 = time.perf_counter()
         # ---- 1. rollout -------------------------------------------------------------------------------------
+        gather_for_inference(policy)
         engine.wake()
         draws = [0]
 
@@ -172,6 +175,7 @@ def train_grpo(model: str, out: str, cfg: GRPOConfig, tasks: list[str] = (), rew
         else:
             groups = draw(local_groups)
         engine.release_memory()
+        reshard(policy)
         t_rollout = time.perf_counter() - t0
         samples = [s for g in groups for s in g]
         reward_t = torch.tensor([s.reward for s in samples])
@@ -200,8 +204,9 @@ def train_grpo(model: str, out: str, cfg: GRPOConfig, tasks: list[str] = (), rew
             return None
     _checkpoint(log, info, cfg.max_steps, policy, optimizer, scheduler, ref, stream, model, cfg)
     final = log.dir / "final"
+    full = full_model_for_saving(unwrap(policy))
     if info.is_main:
-        save_final(unwrap(policy), log.dir, model)
+        save_final(full, log.dir, model)
         from r1kit.train.sft import _plot
 
         _plot(log.dir)
@@ -296,11 +301,12 @@ def _metrics(step, samples, groups, rewards, cfg, info, stats, t_rollout, t_trai
 
 def _checkpoint(log, info, step, policy, optimizer, scheduler, ref, stream, model_src, cfg) -> None:
     cursors = all_gather_objects(stream.cursor, info)
-    if info.is_main:
-        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+    full = full_model_for_saving(unwrap(policy))
+    if info.is_main:    # (FSDP: optimizer shards are not gathered, so such checkpoints hold weights only)
+        state = {"optimizer": None if cfg.fsdp and info.enabled else optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                  "prompt_cursors": cursors, "data_position": cursors,
                  "ref": ref.state_dict() if ref is not None and cfg.ref_refresh_steps else None}
-        save_checkpoint(log.dir, step, unwrap(policy), state, keep_last=cfg.keep_last, tokenizer_src=model_src)
+        save_checkpoint(log.dir, step, full, state, keep_last=cfg.keep_last, tokenizer_src=model_src)
     barrier(info)
 
 

@@ -24,7 +24,8 @@ from tqdm import tqdm
 from r1kit.errors import UserError
 from r1kit.train.checkpointing import load_trainer_state, save_checkpoint
 from r1kit.train.config import SFTConfig
-from r1kit.train.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, unwrap, wrap_model
+from r1kit.train.distributed import (DistInfo, all_reduce_sum, barrier, full_model_for_saving, init_distributed, unwrap,
+                                     wrap_model)
 from r1kit.train.optim import build_optimizer
 from r1kit.train.run import (RunLog, Timer, autocast_context, find_resume_checkpoint, grad_norm_and_clip,
                              load_policy, router_bias_update, save_final, aux_loss)
@@ -170,7 +171,8 @@ def train_sft(model: str, out: str, cfg: SFTConfig, data: list[str] = (), tasks:
     start = 0
     if ckpt is not None:
         state = load_trainer_state(ckpt)
-        optimizer.load_state_dict(state["optimizer"])
+        if state["optimizer"] is not None:
+            optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start = state["step"]
         log.truncate_after(start)
@@ -221,16 +223,18 @@ def train_sft(model: str, out: str, cfg: SFTConfig, data: list[str] = (), tasks:
             return None
     _checkpoint(log, info, cfg.max_steps, policy, optimizer, scheduler, model, cfg)
     final = log.dir / "final"
+    full = full_model_for_saving(unwrap(policy))
     if info.is_main:
-        save_final(unwrap(policy), log.dir, model)
+        save_final(full, log.dir, model)
         _plot(log.dir)
     barrier(info)
     return final
 
 
 def _checkpoint(log: RunLog, info: DistInfo, step: int, policy, optimizer, scheduler, model_src, cfg) -> None:
-    if info.is_main:
-        save_checkpoint(log.dir, step, unwrap(policy), {"optimizer": optimizer.state_dict(),
+    full = full_model_for_saving(unwrap(policy))
+    if info.is_main:    # (FSDP: optimizer shards are not gathered, so such checkpoints hold weights only)
+        save_checkpoint(log.dir, step, full, {"optimizer": None if cfg.fsdp and info.enabled else optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(), "data_position": step}, keep_last=cfg.keep_last,
                         tokenizer_src=model_src)
     barrier(info)
