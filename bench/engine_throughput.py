@@ -201,6 +201,8 @@ def main():
     ap.add_argument("--min-prompt", type=int)
     ap.add_argument("--max-prompt", type=int)
     ap.add_argument("--output-len", type=int)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads for every system (1 avoids thread stalls on a busy shared machine)")
     ap.add_argument("--device", default=None)
     ap.add_argument("--dtype", default=None)
     ap.add_argument("--skip", default="", help="comma list of systems to skip: hf_generate, hf_continuous")
@@ -211,6 +213,8 @@ def main():
     n, lo, hi = args.num_requests or n, args.min_prompt or lo, args.max_prompt or hi
     out_len = args.output_len or out_len
     skip = set(filter(None, args.skip.split(",")))
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from transformers import AutoModelForCausalLM
 
     from r1kit import LLM

@@ -168,6 +168,18 @@ def test_engine_path_with_paged_cache_matches_batch_forward(model_type):
     model.bind_kv_cache(None)
 
 
+def test_grouped_expert_kernel_gradients_match_finite_differences():
+    from r1kit.models.grouped_experts import grouped_swiglu
+
+    g = torch.Generator().manual_seed(0)
+    counts = [5, 0, 8, 7]  # one expert without tokens
+    xs = torch.randn(20, 6, dtype=torch.float64, generator=g).requires_grad_()
+    gate_up = (0.3 * torch.randn(4, 8, 6, dtype=torch.float64, generator=g)).requires_grad_()
+    down = (0.3 * torch.randn(4, 6, 4, dtype=torch.float64, generator=g)).requires_grad_()
+    weights = torch.rand(20, dtype=torch.float64, generator=g).requires_grad_()
+    assert torch.autograd.gradcheck(lambda *t: grouped_swiglu(*t, counts), (xs, gate_up, down, weights))
+
+
 def test_router_bias_stays_float32_in_bfloat16_model(tmp_path):
     model = build_model(preset_config("deepseek_v3", "tiny", vocab_size=64), device="cpu", dtype="bfloat16", seed=0)
     gate = model.model.layers[-1].mlp.gate

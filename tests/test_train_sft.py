@@ -59,13 +59,13 @@ def test_sft_lowers_loss_and_writes_a_loadable_final_model(tiny_checkpoint, tmp_
 def test_resume_continues_exactly_like_an_uninterrupted_run(tiny_checkpoint, tmp_path):
     model = tiny_checkpoint("deepseek_v3")
     data = _traces(tmp_path / "t.jsonl")
-    kw = dict(max_steps=8, batch_size=2, grad_accum_steps=2, max_seq_len=48, lr=2e-3, warmup_steps=2, packing=False)
+    kw = dict(max_steps=6, batch_size=2, grad_accum_steps=2, max_seq_len=48, lr=2e-3, warmup_steps=2, packing=False)
     train_sft(model, str(tmp_path / "full"), SFTConfig(**kw), data=[data])
     assert train_sft(model, str(tmp_path / "cut"), SFTConfig(**kw, stop_after=3), data=[data]) is None
     assert len(_metrics(tmp_path / "cut")) == 3
     train_sft(model, str(tmp_path / "cut"), SFTConfig(**kw), data=[data], resume=True)
     full, cut = _metrics(tmp_path / "full"), _metrics(tmp_path / "cut")
-    assert [r["step"] for r in cut] == list(range(1, 9))
+    assert [r["step"] for r in cut] == list(range(1, 7))
     for a, b in zip(full, cut):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-6) and a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5)
     wa = load_file(str(tmp_path / "full" / "final" / "model.safetensors"))
@@ -74,7 +74,8 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tiny_checkpoint, tmp
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_match_one_process(tiny_checkpoint, tmp_path):
+@pytest.mark.parametrize("wrapper", ["ddp", "fsdp"])
+def test_torchrun_two_processes_match_one_process(tiny_checkpoint, tmp_path, wrapper):
     model = tiny_checkpoint("qwen2")
     data = _traces(tmp_path / "t.jsonl")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -83,7 +84,8 @@ def test_torchrun_two_processes_match_one_process(tiny_checkpoint, tmp_path):
     subprocess.run([sys.executable, *common, "--out", str(tmp_path / "one"), "--batch-size", "4"],
                    check=True, env=env, capture_output=True)
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-                        "29613", *common, "--out", str(tmp_path / "two"), "--batch-size", "2"],
+                        str(29613 + (wrapper == "fsdp")), *common, "--out", str(tmp_path / "two"), "--batch-size", "2",
+                        "--fsdp", str(wrapper == "fsdp")],
                        env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     one = load_file(str(tmp_path / "one" / "final" / "model.safetensors"))

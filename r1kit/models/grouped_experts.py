@@ -67,14 +67,14 @@ class _GroupedSwiGLU(torch.autograd.Function):
                 torch.mm(d_h[s], gate_up[e], out=d_xs[s])
             if d_gate_up is not None:
                 torch.mm(d_h[s].t(), xs[s], out=d_gate_up[e])
-        if d_xs is not None and sum(counts) < xs.shape[0]:
-            d_xs[sum(counts):] = 0
         return d_xs, d_gate_up, d_down, d_weights, None
 
 
 def grouped_swiglu(xs: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, weights: torch.Tensor,
                    counts: list[int]) -> torch.Tensor:
     """See the module docstring; row r's output is scaled by weights[r]. Differentiable in all tensors."""
+    if sum(counts) != xs.shape[0]:
+        raise ValueError(f"counts cover {sum(counts)} rows but xs has {xs.shape[0]}")
     if torch.is_grad_enabled() and any(t.requires_grad for t in (xs, gate_up, down, weights)):
         return _GroupedSwiGLU.apply(xs, gate_up, down, weights, counts)
     with torch.no_grad():

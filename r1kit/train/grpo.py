@@ -54,8 +54,13 @@ def overlong_penalty(length: int, max_len: int, buffer: int, penalty: float) -> 
 
 
 def score(samples: list[Sample], rewards: list[WeightedReward], cfg: GRPOConfig) -> None:
-    for s in samples:
-        s.rewards = {r.name: float(r.fn(s.text, s.example)) for r in rewards}
+    """Each reward over the samples (in parallel threads: math and code verifiers wait on worker processes)."""
+    from r1kit.rewards import score_batch
+
+    texts, exs = [s.text for s in samples], [s.example for s in samples]
+    per = {r.name: score_batch(r.fn, texts, exs) for r in rewards}
+    for i, s in enumerate(samples):
+        s.rewards = {r.name: per[r.name][i] for r in rewards}
         s.reward = sum(r.weight * s.rewards[r.name] for r in rewards)
         s.reward += overlong_penalty(len(s.completion_ids), cfg.max_completion_length, cfg.overlong_buffer,
                                      cfg.overlong_penalty)
@@ -127,11 +132,12 @@ def train_grpo(model: str, out: str, cfg: GRPOConfig, tasks: list[str] = (), rew
     tokenizer = load_tokenizer(model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     policy = load_policy(ckpt / "model" if ckpt else model, info.device)
-    optimizer, scheduler = build_optimizer(policy, cfg)
     ref = None
     if cfg.beta > 0:
         ref = load_policy(model, info.device).eval().requires_grad_(False)
     stream = PromptStream(examples, cfg.seed, info.rank, info.world_size)
+    train_model = wrap_model(policy, info, cfg.fsdp)      # before the optimizer: FSDP2 replaces the parameters
+    optimizer, scheduler = build_optimizer(policy, cfg)
     start = 0
     if ckpt is not None:
         state = load_trainer_state(ckpt)
@@ -143,7 +149,6 @@ def train_grpo(model: str, out: str, cfg: GRPOConfig, tasks: list[str] = (), rew
             ref.load_state_dict(state["ref"])
         start = state["step"]
         log.truncate_after(start)
-    train_model = wrap_model(policy, info, cfg.fsdp)
     local_groups = cfg.prompts_per_step // info.world_size
     engine = EngineRollout(unwrap(policy), tokenizer, cfg.max_prompt_length + cfg.max_completion_length,
                            local_groups * cfg.num_generations, cfg.kv_cache_memory_gb)
@@ -165,8 +170,7 @@ def train_grpo(model: str, out: str, cfg: GRPOConfig, tasks: list[str] = (), rew
             draws[0] += 1
             groups = engine.generate(prompts, exs, list(range(k)), cfg.num_generations, seeds,
                                      cfg.max_completion_length, cfg.temperature, cfg.top_p)
-            for g in groups:
-                score(g, rewards, cfg)
+            score([s for g in groups for s in g], rewards, cfg)
             return groups
 
         if cfg.dynamic_sampling:

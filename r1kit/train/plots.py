@@ -48,7 +48,8 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     rows = read_metrics(run_dir)
     if not rows:
         raise UserError(f"{run_dir}/metrics.jsonl has no steps yet")
-    reward_keys = ["reward", "accuracy"] + sorted({k for r in rows for k in r if k.startswith("rewards/")})
+    reward_keys = ["reward", "accuracy"] + sorted({k for r in rows for k in r
+                                                   if k.startswith("rewards/") and k != "rewards/accuracy"})
     made = [
         _figure(rows, reward_keys, "reward", "reward", run_dir / "reward.png"),
         _figure(rows, ["completion_length", "completion_length_min", "completion_length_max"], "response length",

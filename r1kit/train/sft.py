@@ -167,6 +167,7 @@ def train_sft(model: str, out: str, cfg: SFTConfig, data: list[str] = (), tasks:
                           **(extra_config or {})})
 
     policy = load_policy(ckpt / "model" if ckpt else model, info.device)
+    train_model = wrap_model(policy, info, cfg.fsdp)      # before the optimizer: FSDP2 replaces the parameters
     optimizer, scheduler = build_optimizer(policy, cfg)
     start = 0
     if ckpt is not None:
@@ -176,7 +177,6 @@ def train_sft(model: str, out: str, cfg: SFTConfig, data: list[str] = (), tasks:
         scheduler.load_state_dict(state["scheduler"])
         start = state["step"]
         log.truncate_after(start)
-    train_model = wrap_model(policy, info, cfg.fsdp)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     bar = tqdm(range(start, cfg.max_steps), initial=start, total=cfg.max_steps, disable=not info.is_main,
