@@ -108,6 +108,7 @@ def run_load(url: str, model: str, clients: int, requests: int, max_tokens: int,
     itl = sorted(r["itl"] for r in results if r["itl"] is not None)
     return {"requests": len(results), "errors": len(errors), "first_error": errors[0] if errors else None,
             "wall_s": wall, "req_per_s": len(results) / wall, "tok_per_s": sum(r["tokens"] for r in results) / wall,
+            # a server that failed every request reports nan latencies and no ratio
             "ttft_p50": _pct(ttft, 50), "ttft_p99": _pct(ttft, 99), "itl_p50": _pct(itl, 50), "itl_p99": _pct(itl, 99),
             "mean_tokens": statistics.mean(r["tokens"] for r in results) if results else 0}
 
@@ -183,7 +184,7 @@ def main() -> None:
         print(_row(name, r))
         if r["first_error"]:
             print(f"  first error: {r['first_error']}")
-    if len(results) == 2:
+    if len(results) == 2 and all(r["requests"] for r in results.values()):
         (_, a), (peer, b) = results.items()
         print(f"\nr1kit / {peer}: {a['tok_per_s'] / b['tok_per_s']:.2f}x output tokens/s, "
               f"{a['req_per_s'] / b['req_per_s']:.2f}x requests/s, TTFT p50 {b['ttft_p50'] / a['ttft_p50']:.2f}x lower")

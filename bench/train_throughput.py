@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", choices=["small", "tiny", "both"], default="both")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq", type=int, default=256)
-    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--steps", type=int, default=None, help="timed steps per model (default: 3 small, 12 tiny)")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1),
                    help="torch threads (use 1 on a machine busy with other jobs: waiting threads dominate)")
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
     for preset in (["small", "tiny"] if args.preset == "both" else [args.preset]):
-        bench(preset, args.batch, args.seq, args.steps, dtype)
+        bench(preset, args.batch, args.seq, args.steps or {"small": 3, "tiny": 12}[preset], dtype)
     return 0
 
 

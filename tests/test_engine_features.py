@@ -100,6 +100,9 @@ def test_n_samples_share_prompt_blocks(llm):
     assert len({tuple(c.token_ids) for c in out.outputs}) > 1
     prompt_blocks = (len(out.prompt_token_ids) - 1) // 4
     assert llm.stats()["prefix_cache_hits"] - before >= 2 * prompt_blocks  # samples 1 and 2 reuse sample 0's
+    # sample 0 finishing in the step that computed the prompt must not strand the others
+    short = llm.generate(long_prompt, SamplingParams(n=2, temperature=1.0, max_tokens=1), use_tqdm=False)[0]
+    assert [len(c.token_ids) for c in short.outputs] == [1, 1]
 
 
 def test_prefix_cache_reuses_blocks_for_shared_system_prompt(tiny_checkpoint):

@@ -97,3 +97,22 @@ def test_64_streaming_clients_16_hang_up_all_others_complete_and_kv_blocks_are_f
     assert stats["kv_blocks_used"] == 0 and stats["running"] == 0 and stats["waiting"] == 0
     assert engine.num_aborted == N_QUITTERS  # each hang-up aborted its (400-token) request
     assert not engine.engine.has_unfinished_requests()
+
+
+def test_a_non_streaming_client_that_hangs_up_has_its_request_aborted(server):
+    engine = server.server.config.app.state.async_engine
+    aborted_before = engine.num_aborted
+    u = urlparse(server.url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=120)
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 480, "ignore_eos": True}
+    conn.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
+    deadline = time.time() + 30
+    while not engine.in_flight and time.time() < deadline:
+        time.sleep(0.01)
+    assert engine.in_flight == 1
+    conn.close()  # hang up before the 480 tokens are done
+    while engine.in_flight and time.time() < deadline:
+        time.sleep(0.02)
+    assert engine.in_flight == 0 and engine.num_aborted == aborted_before + 1
+    stats = engine.call_threadsafe(lambda e: e.stats()).result(timeout=10)
+    assert stats["kv_blocks_used"] == 0 and not engine.engine.has_unfinished_requests()

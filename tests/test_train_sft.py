@@ -97,3 +97,19 @@ def test_torchrun_two_processes_match_one_process(tiny_checkpoint, tmp_path, wra
         assert torch.allclose(one[k], two[k], atol=1e-5), k
     assert [m["loss"] for m in _metrics(tmp_path / "one")] == pytest.approx(
         [m["loss"] for m in _metrics(tmp_path / "two")], rel=1e-5)
+
+
+def test_task_cold_start_examples_train_on_the_reference_solution(tiny_checkpoint):
+    from r1kit.tasks import load_task
+    from r1kit.tokenizer import load_tokenizer
+    from r1kit.train.task_data import cold_start_examples
+
+    tok = load_tokenizer(tiny_checkpoint("qwen2"))
+    spec = "countdown?numbers=3&n=4&seed=3"
+    task = load_task(spec)
+    examples = cold_start_examples(tok, [spec], 4, 0)
+    assert len(examples) == 4
+    for (ids, mask), ex in zip(examples, task.examples):
+        trained = tok.decode([t for t, m in zip(ids, mask) if m])
+        assert trained == task.reference_solution(ex) + "<｜end▁of▁sentence｜>"
+        assert tok.decode(ids[:mask.index(1)]).endswith("<｜Assistant｜><think>\n")

@@ -110,7 +110,10 @@ class LLM:
             bar = tqdm(total=len(ids), desc="generate", unit="req", dynamic_ncols=True)
         start, n_out = time.perf_counter(), 0
         while len(done) < len(ids) and self.engine.has_unfinished_requests():
-            for out in self.engine.step():
+            outs = self.engine.step()
+            if not outs and not self.engine.scheduler.has_unfinished():
+                raise RuntimeError("the engine has unfinished requests but nothing to schedule (a bug; please report)")
+            for out in outs:
                 if out.finished:
                     done[out.request_id] = out
                     n_out += sum(len(c.token_ids) for c in out.outputs)

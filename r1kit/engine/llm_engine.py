@@ -151,7 +151,8 @@ class LLMEngine:
                 self._append(self.requests[seq.request_id], seq, token_ids[i], lp)
         for rid in touched:
             req = self.requests[rid]
-            if req.pending and req.seqs[0].num_computed_tokens >= len(req.prompt_ids):
+            first = req.seqs[0]  # its prompt blocks stay cached after it finished, too
+            if req.pending and (first.is_finished or first.num_computed_tokens >= len(req.prompt_ids)):
                 for seq in req.pending:
                     self.scheduler.add(seq)
                 req.pending = []

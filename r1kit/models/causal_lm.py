@@ -36,6 +36,12 @@ def padding_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (causal & keys) | torch.eye(t, dtype=torch.bool, device=attention_mask.device)
 
 
+def _right_padded(attention_mask: torch.Tensor) -> bool:
+    """True when every row is ones then zeros: plain causal attention already ignores the padding at the end."""
+    m = attention_mask.bool()
+    return bool((m[:, 1:] <= m[:, :-1]).all())
+
+
 class Backbone(nn.Module):
     """`model.*` in the checkpoint: embed_tokens, layers, norm."""
 
@@ -81,7 +87,7 @@ class CausalLM(nn.Module):
             if positions is None:
                 positions = torch.arange(input_ids.shape[1], device=input_ids.device)
             mask = None
-            if attention_mask is not None and not bool(attention_mask.all()):
+            if attention_mask is not None and not _right_padded(attention_mask):
                 mask = padding_mask(attention_mask)
         h = self.model.embed_tokens(input_ids)  # [B, T, D] or [T, D]
         rope = self.rotary(positions, h.dtype)  # cos, sin [(B,) T, rope_dim/2]
@@ -94,6 +100,14 @@ class CausalLM(nn.Module):
         if ctx is None and squeeze:
             logits = logits[0]
         return logits
+
+    # ---- MoE balancing hooks (no-ops for dense models, so trainers can call them on any model) ----------------------
+    def aux_loss(self) -> torch.Tensor:
+        """Auxiliary balance loss of the last training forward (0 for dense models)."""
+        return torch.zeros((), device=self.device)
+
+    def update_router_bias(self, gamma: float | None = None) -> None:
+        """Aux-loss-free router bias update; call after optimizer.step() (nothing to do for dense models)."""
 
     # ---- KV cache (engine path) -----------------------------------------------------------------------------------
     def kv_token_shape(self) -> tuple[int, ...]:

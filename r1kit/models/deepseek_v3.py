@@ -189,7 +189,8 @@ class Experts(nn.Module):
         token = order // k
         xs = x[token]  # [N*K, D], contiguous runs per expert
         ys = grouped_swiglu(xs, self.gate_up, self.down, w.flatten()[order].to(x.dtype), counts)  # [N*K, D]
-        return x.new_zeros(n, x.shape[-1]).index_add_(0, token, ys)
+        acc = torch.float32 if x.dtype in (torch.bfloat16, torch.float16) else x.dtype  # sum the K experts in fp32
+        return x.new_zeros(n, x.shape[-1], dtype=acc).index_add_(0, token, ys.to(acc)).to(x.dtype)
 
     def hf_tensors(self, prefix: str) -> dict[str, torch.Tensor]:
         out = {}

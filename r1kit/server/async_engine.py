@@ -148,6 +148,8 @@ class AsyncEngine:
             cmd = self._commands.popleft()
             if cmd[0] == "add":
                 _, stream, prompt, params = cmd
+                if stream.closed:  # its client left while the request was queued: never start it
+                    continue
                 try:
                     self.engine.add_request(stream.request_id, prompt, params)
                 except BaseException as e:  # a bad request: the handler answers 400

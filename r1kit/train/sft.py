@@ -209,7 +209,7 @@ def train_sft(model: str, out: str, cfg: SFTConfig, data: list[str] = (), tasks:
         optimizer.zero_grad(set_to_none=True)
         router_bias_update(unwrap(policy), cfg.router_bias_gamma)
         dt = timer.lap()
-        all_tokens = float(all_reduce_sum([sum(int((r[0] != pad_id).sum()) for r, _, _ in micro) or 0], info)[0])
+        all_tokens = float(all_reduce_sum([sum(int((inp != pad_id).sum()) for inp, _, _ in micro)], info)[0])
         loss_mean = float(all_reduce_sum([loss_sum], info)[0]) / max(total_tokens, 1.0)
         record = {"step": step + 1, "loss": loss_mean, "lr": lr, "grad_norm": grad_norm,
                   "loss_tokens": total_tokens, "tokens_per_s": all_tokens / dt, "step_time": dt}
