@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -144,6 +143,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3, help="timed steps (after one warm-up step)")
     p.add_argument("--skip-trl", action="store_true")
     p.add_argument("--skip-sft", action="store_true")
+    p.add_argument("--skip-grpo", action="store_true")
     a = p.parse_args()
     torch.manual_seed(0)
     g, prompts, max_len = 8, 8, 128
@@ -152,9 +152,10 @@ def main() -> None:
         model = make_checkpoint(a.model_type, a.preset, root)
         print(f"model {a.model_type}-{a.preset}, torch threads {torch.get_num_threads()}, "
               f"G={g}, prompts/step={prompts}, max_completion_length={max_len}", flush=True)
-        ours = bench_r1kit_grpo(model, a.steps, root, g, prompts, max_len)
-        print(f"r1kit GRPO: {statistics.median(ours):.2f} s/step  {[round(x, 2) for x in ours]}", flush=True)
-        if not a.skip_trl:
+        if not a.skip_grpo:
+            ours = bench_r1kit_grpo(model, a.steps, root, g, prompts, max_len)
+            print(f"r1kit GRPO: {statistics.median(ours):.2f} s/step  {[round(x, 2) for x in ours]}", flush=True)
+        if not a.skip_trl and not a.skip_grpo:
             theirs = bench_trl_grpo(model, a.steps, root, g, prompts, max_len)
             print(f"TRL GRPOTrainer: {statistics.median(theirs):.2f} s/step  {[round(x, 2) for x in theirs]}")
             print(f"GRPO speed-up r1kit vs TRL: {statistics.median(theirs) / statistics.median(ours):.1f}x", flush=True)

@@ -101,12 +101,12 @@ def gqa_paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache
     if dec:
         rows = torch.tensor([starts[b] for b in dec], device=q.device) if len(dec) != T else None
         qd = q if rows is None else q[rows]  # [B, Hq, D]
-        kv, mask = _gather(cache, ctx, dec)  # [B, L, 2, Hkv, D]
-        kk = kv[:, :, 0].permute(0, 2, 3, 1)  # [B, Hkv, D, L]
-        vv = kv[:, :, 1].transpose(1, 2)  # [B, Hkv, L, D]
-        qg = qd.view(len(dec), Hkv, group, D).to(cache.dtype)
-        probs = _masked_softmax(torch.matmul(qg, kk) * scale, mask)  # [B, Hkv, G, L]
-        o = torch.matmul(probs.to(vv.dtype), vv).reshape(len(dec), Hq, -1).to(q.dtype)
+        kv, mask = _gather(cache, ctx, dec)  # [B, L, 2, Hkv, D]: the one copy of the cached K/V
+        kk, vv = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)  # [B, Hkv, L, D] strided views
+        qg = qd.view(len(dec), Hkv, group, D).to(cache.dtype)  # query heads grouped by their kv head
+        # one batched attention (fused kernel: softmax accumulated in fp32, strided K/V read without a copy)
+        o = F.scaled_dot_product_attention(qg, kk, vv, attn_mask=mask[:, None, None, :], scale=scale)
+        o = o.reshape(len(dec), Hq, -1).to(q.dtype)
         if rows is None:
             out = o
         else:

@@ -44,10 +44,6 @@ def informative_groups(rewards: torch.Tensor, group_size: int, tol: float = 0.0)
     return (r.max(dim=1).values - r.min(dim=1).values) > tol
 
 
-def zero_variance_fraction(rewards: torch.Tensor, group_size: int) -> float:
-    return float((~informative_groups(rewards, group_size)).float().mean()) if rewards.numel() else 0.0
-
-
 def fill_informative_groups(draw: Callable[[int], Sequence[G_]], num_groups: int,
                             is_informative: Callable[[G_], bool], max_draws: int = 4) -> tuple[list[G_], int]:
     """Dynamic sampling: call `draw(k)` for k more groups, keep the informative ones, until `num_groups` are kept.

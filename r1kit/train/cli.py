@@ -57,8 +57,9 @@ def run(args: argparse.Namespace) -> int:
         cfg = build(args, GRPOConfig)
         final = train_grpo(args.model, args.out, cfg, tasks=args.task, reward=args.reward,
                            resume=args.resume or False)
-    if final is not None and int(os.environ.get("RANK", "0")) == 0:
-        print(f"final model: {final}")
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"final model: {final}" if final is not None
+              else f"stopped after step {cfg.stop_after}; continue with the same command plus --resume")
     from r1kit.train.distributed import DistInfo, shutdown
 
     shutdown(DistInfo(world_size=int(os.environ.get("WORLD_SIZE", "1"))))

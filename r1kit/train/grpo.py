@@ -14,7 +14,7 @@ Examples are dicts with "prompt" (a string or chat messages) plus whatever the r
 """
 from __future__ import annotations
 
-import copy
+import contextlib
 import random
 import time
 from dataclasses import dataclass
@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from r1kit.errors import UserError
-from r1kit.train.advantages import fill_informative_groups, group_advantages, zero_variance_fraction
+from r1kit.train.advantages import fill_informative_groups, group_advantages
 from r1kit.train.checkpointing import load_trainer_state, save_checkpoint
 from r1kit.train.config import GRPOConfig
 from r1kit.train.distributed import (DistInfo, all_gather_objects, all_reduce_max, all_reduce_sum, barrier,
@@ -35,7 +35,7 @@ from r1kit.train.losses import grpo_loss, token_logprobs
 from r1kit.train.optim import build_optimizer
 from r1kit.train.rollout import EngineRollout, Sample
 from r1kit.train.task_data import prompt_ids
-from r1kit.train.run import (RunLog, Timer, autocast_context, find_resume_checkpoint, grad_norm_and_clip,
+from r1kit.train.run import (RunLog, autocast_context, find_resume_checkpoint, grad_norm_and_clip,
                              load_policy, router_bias_update, save_final, aux_loss)
 
 
@@ -148,11 +148,11 @@ def train_grpo(model: str, out: str, cfg: GRPOConfig, tasks: list[str] = (), rew
         if ref is not None and state.get("ref") is not None:
             ref.load_state_dict(state["ref"])
         start = state["step"]
-        log.truncate_after(start)
     local_groups = cfg.prompts_per_step // info.world_size
     engine = EngineRollout(unwrap(policy), tokenizer, cfg.max_prompt_length + cfg.max_completion_length,
                            local_groups * cfg.num_generations, cfg.kv_cache_memory_gb)
 
+    log.truncate_after(start)          # a fresh run (or a resume) forgets log lines of steps it will redo
     bar = tqdm(range(start, cfg.max_steps), initial=start, total=cfg.max_steps, disable=not info.is_main,
                desc="grpo", dynamic_ncols=True)
     for step in bar:
@@ -249,7 +249,7 @@ def _train_on(samples, adv, train_model, policy, ref, optimizer, scheduler, cfg:
     for it in range(cfg.num_iterations):
         for k, (ids, mask, old, ref_lp, a) in enumerate(prepared):
             last = k == len(prepared) - 1
-            ctx = train_model.no_sync() if (not last and hasattr(train_model, "no_sync")) else _Null()
+            ctx = train_model.no_sync() if (not last and hasattr(train_model, "no_sync")) else contextlib.nullcontext()
             with ctx:
                 logp, ent = policy_logprobs(train_model, ids, cfg.temperature, device, cfg.dtype,
                                             with_entropy=(it == 0))
@@ -313,10 +313,3 @@ def _checkpoint(log, info, step, policy, optimizer, scheduler, ref, stream, mode
         save_checkpoint(log.dir, step, full, state, keep_last=cfg.keep_last, tokenizer_src=model_src)
     barrier(info)
 
-
-class _Null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False

@@ -11,6 +11,7 @@ rows is a fixed function of (seed, epoch), so a resumed run sees exactly the row
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -176,9 +177,9 @@ def train_sft(model: str, out: str, cfg: SFTConfig, data: list[str] = (), tasks:
             optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start = state["step"]
-        log.truncate_after(start)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
+    log.truncate_after(start)          # a fresh run (or a resume) forgets log lines of steps it will redo
     bar = tqdm(range(start, cfg.max_steps), initial=start, total=cfg.max_steps, disable=not info.is_main,
                desc="sft", dynamic_ncols=True)
     for step in bar:
@@ -193,7 +194,7 @@ def train_sft(model: str, out: str, cfg: SFTConfig, data: list[str] = (), tasks:
         for k, (inp, tgt, msk) in enumerate(micro):
             inp, tgt, msk = inp.to(info.device), tgt.to(info.device), msk.to(info.device)
             sync = k == len(micro) - 1 or not hasattr(train_model, "no_sync")
-            ctx = train_model.no_sync() if not sync else _null()
+            ctx = train_model.no_sync() if not sync else contextlib.nullcontext()
             with ctx:
                 with autocast_context(info.device, cfg.dtype):
                     logits = train_model(inp)
@@ -248,10 +249,3 @@ def _plot(run_dir: Path) -> None:
     except Exception as e:  # plots are a convenience; never fail a finished run over them
         print(f"r1kit: could not draw plots: {e}")
 
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
