@@ -16,8 +16,6 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("r1kit.server.cli", "serve a model over an OpenAI-compatible HTTP API"),
     "train": ("r1kit.train.cli", "train a model: `r1kit train sft|grpo ...`"),
     "plot": ("r1kit.train.plots", "draw PNG plots of a training run's metrics.jsonl"),
-    "eval": ("r1kit.eval.cli", "evaluate a model on reasoning tasks (pass@k, maj@k)"),
-    "distill": ("r1kit.train.distill", "generate verified reasoning traces from a teacher"),
 }
 
 

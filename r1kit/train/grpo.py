@@ -201,10 +201,10 @@ def train_grpo(model: str, out: str, cfg: GRPOConfig, tasks: list[str] = (), rew
                 log.append("samples.jsonl", {"step": step + 1, "prompt": tokenizer.decode(s.prompt_ids),
                                              "completion": s.text, "reward": s.reward, "rewards": s.rewards})
         bar.set_postfix(reward=f"{record['reward']:.3f}", len=f"{record['completion_length']:.0f}")
-        if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.max_steps:
+        stop = bool(cfg.stop_after) and step + 1 == cfg.stop_after and step + 1 < cfg.max_steps
+        if stop or (cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.max_steps):
             _checkpoint(log, info, step + 1, policy, optimizer, scheduler, ref, stream, model, cfg)
-        if cfg.stop_after and step + 1 == cfg.stop_after and step + 1 < cfg.max_steps:
-            _checkpoint(log, info, step + 1, policy, optimizer, scheduler, ref, stream, model, cfg)
+        if stop:
             return None
     _checkpoint(log, info, cfg.max_steps, policy, optimizer, scheduler, ref, stream, model, cfg)
     final = log.dir / "final"

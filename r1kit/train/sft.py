@@ -185,7 +185,8 @@ def train_sft(model: str, out: str, cfg: SFTConfig, data: list[str] = (), tasks:
     for step in bar:
         timer = Timer()
         ids = row_indices(step, global_batch, len(rows), cfg.seed)
-        mine = ids[info.rank * cfg.batch_size * cfg.grad_accum_steps:(info.rank + 1) * cfg.batch_size * cfg.grad_accum_steps]
+        share = cfg.batch_size * cfg.grad_accum_steps                  # rows of this rank
+        mine = ids[info.rank * share:(info.rank + 1) * share]
         micro = [collate([rows[i] for i in mine[k:k + cfg.batch_size]], pad_id)
                  for k in range(0, len(mine), cfg.batch_size)]
         local_tokens = sum(float(m.sum()) for _, _, m in micro)
@@ -217,10 +218,10 @@ def train_sft(model: str, out: str, cfg: SFTConfig, data: list[str] = (), tasks:
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.max_steps:
             log.append("metrics.jsonl", record)
         bar.set_postfix(loss=f"{loss_mean:.4f}", lr=f"{lr:.2e}")
-        if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.max_steps:
+        stop = bool(cfg.stop_after) and step + 1 == cfg.stop_after and step + 1 < cfg.max_steps
+        if stop or (cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.max_steps):
             _checkpoint(log, info, step + 1, policy, optimizer, scheduler, model, cfg)
-        if cfg.stop_after and step + 1 == cfg.stop_after and step + 1 < cfg.max_steps:
-            _checkpoint(log, info, step + 1, policy, optimizer, scheduler, model, cfg)
+        if stop:
             return None
     _checkpoint(log, info, cfg.max_steps, policy, optimizer, scheduler, model, cfg)
     final = log.dir / "final"
