@@ -5,8 +5,9 @@ over each sequence's whole context (cached prefix + new tokens); see r1kit/model
 
 Two paths:
 - decode (a sequence bringing one new token): all such sequences are batched. Their blocks are gathered through
-  `block_tables` into one [B, L_max, ...] tensor, positions past `seq_lens` are masked, and one batched matmul
-  computes the scores; softmax runs in fp32.
+  `block_tables` into one [B, L_max, ...] tensor, positions past `seq_lens` are masked, and one batched attention
+  runs over it (GQA: a fused SDPA call on strided K/V views, query heads grouped by kv head; MLA: two batched
+  matmuls over the latent); softmax runs in fp32.
 - prefill / chunked prefill (several new tokens): one scaled_dot_product_attention per sequence, with the causal
   diagonal shifted by the cached prefix length.
 A mixed step (decode tokens and prefill chunks together) uses both.
