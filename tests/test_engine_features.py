@@ -134,6 +134,30 @@ def test_every_block_is_free_after_finish_and_abort(llm):
     assert all(b.ref_count == 0 for b in bm.blocks)
 
 
+def test_aborting_a_request_that_finished_on_arrival_does_not_break_the_next_step(llm):
+    engine = llm.engine
+    engine.add_request("running", PROMPT, greedy(max_tokens=20))
+    engine.step()
+    # a zero thinking budget with max_tokens=1 finishes inside add_request, before any step reports it
+    chat_prompt = llm.tokenizer.apply_chat_template([{"role": "user", "content": PROMPT}])
+    assert chat_prompt.endswith("<think>\n")
+    engine.add_request("instant", chat_prompt, greedy(max_tokens=1, max_thinking_tokens=0))
+    engine.abort_request("instant")
+    seen = set()
+    while engine.has_unfinished_requests():
+        seen |= {o.request_id for o in engine.step()}
+    assert seen == {"running"}
+    assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
+
+
+def test_more_logprobs_than_the_vocabulary_are_capped_at_the_vocabulary(llm):
+    vocab = llm.model.config.vocab_size
+    out = llm.generate(PROMPT, greedy(max_tokens=2, logprobs=vocab + 50), use_tqdm=False)[0].outputs[0]
+    assert [len(lp) for lp in out.logprobs] == [vocab, vocab]
+    probs = torch.tensor(list(out.logprobs[0].values())).exp()
+    assert probs.sum().item() == pytest.approx(1.0, abs=1e-4)
+
+
 def test_bad_requests_raise_clear_errors(llm):
     with pytest.raises(ValueError, match="empty"):
         llm.generate([[]], greedy(), use_tqdm=False)

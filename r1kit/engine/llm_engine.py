@@ -116,6 +116,7 @@ class LLMEngine:
 
     def abort_request(self, request_id: str) -> None:
         req = self.requests.pop(request_id, None)
+        self._dirty.discard(request_id)  # it may have finished inside add_request and be waiting to report
         if req is None:
             return
         for seq, text in zip(req.seqs, req.texts):
@@ -146,7 +147,7 @@ class LLMEngine:
                 lp = None
                 if seq.params.logprobs is not None:
                     lp = {token_ids[i]: lps[i]}
-                    for j in range(seq.params.logprobs):
+                    for j in range(min(seq.params.logprobs, len(top_ids[i]))):
                         lp.setdefault(top_ids[i][j], top_lps[i][j])
                 self._append(self.requests[seq.request_id], seq, token_ids[i], lp)
         for rid in touched:
