@@ -156,6 +156,8 @@ def test_more_logprobs_than_the_vocabulary_are_capped_at_the_vocabulary(llm):
     assert [len(lp) for lp in out.logprobs] == [vocab, vocab]
     probs = torch.tensor(list(out.logprobs[0].values())).exp()
     assert probs.sum().item() == pytest.approx(1.0, abs=1e-4)
+    chosen_only = llm.generate(PROMPT, greedy(max_tokens=2, logprobs=0), use_tqdm=False)[0].outputs[0]
+    assert [list(lp) for lp in chosen_only.logprobs] == [[t] for t in chosen_only.token_ids]
 
 
 def test_bad_requests_raise_clear_errors(llm):

@@ -147,7 +147,7 @@ class LLMEngine:
                 lp = None
                 if seq.params.logprobs is not None:
                     lp = {token_ids[i]: lps[i]}
-                    for j in range(min(seq.params.logprobs, len(top_ids[i]))):
+                    for j in range(min(seq.params.logprobs, len(top_ids[i]) if top_ids else 0)):
                         lp.setdefault(top_ids[i][j], top_lps[i][j])
                 self._append(self.requests[seq.request_id], seq, token_ids[i], lp)
         for rid in touched:
