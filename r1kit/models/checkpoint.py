@@ -110,7 +110,7 @@ def hf_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def _is_mtp_key(key: str, num_layers: int) -> bool:
     return key.startswith(f"model.layers.{num_layers}.") or bool(
-        re.match(rf"model\.layers\.(\d+)\.", key) and int(key.split(".")[2]) > num_layers)
+        re.match(r"model\.layers\.(\d+)\.", key) and int(key.split(".")[2]) > num_layers)
 
 
 # ---- load / save ----------------------------------------------------------------------------------------------------
@@ -124,7 +124,7 @@ def load_model(path_or_id: str | os.PathLike, dtype: str | torch.dtype | None = 
     targets = hf_state_dict(model)
     tied = getattr(config, "tie_word_embeddings", False)
     filled: set[str] = set()
-    skipped_mtp = unexpected = 0
+    skipped_mtp = 0
     for file in _weight_files(d):
         with safe_open(str(file), framework="pt", device="cpu") as f:
             for key in f.keys():

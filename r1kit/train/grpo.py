@@ -35,8 +35,8 @@ from r1kit.train.losses import grpo_loss, token_logprobs
 from r1kit.train.optim import build_optimizer
 from r1kit.train.rollout import EngineRollout, Sample
 from r1kit.train.task_data import prompt_ids
-from r1kit.train.run import (RunLog, autocast_context, find_resume_checkpoint, grad_norm_and_clip,
-                             load_policy, router_bias_update, save_final, aux_loss)
+from r1kit.train.run import (RunLog, aux_loss, autocast_context, checkpoint_due, find_resume_checkpoint, finish_run,
+                             grad_norm_and_clip, load_policy, router_bias_update)
 
 
 @dataclass
@@ -201,21 +201,13 @@ def train_grpo(model: str, out: str, cfg: GRPOConfig, tasks: list[str] = (), rew
                 log.append("samples.jsonl", {"step": step + 1, "prompt": tokenizer.decode(s.prompt_ids),
                                              "completion": s.text, "reward": s.reward, "rewards": s.rewards})
         bar.set_postfix(reward=f"{record['reward']:.3f}", len=f"{record['completion_length']:.0f}")
-        stop = bool(cfg.stop_after) and step + 1 == cfg.stop_after and step + 1 < cfg.max_steps
-        if stop or (cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.max_steps):
+        save, stop = checkpoint_due(cfg, step + 1)
+        if save:
             _checkpoint(log, info, step + 1, policy, optimizer, scheduler, ref, stream, model, cfg)
         if stop:
             return None
     _checkpoint(log, info, cfg.max_steps, policy, optimizer, scheduler, ref, stream, model, cfg)
-    final = log.dir / "final"
-    full = full_model_for_saving(unwrap(policy))
-    if info.is_main:
-        save_final(full, log.dir, model)
-        from r1kit.train.sft import _plot
-
-        _plot(log.dir)
-    barrier(info)
-    return final
+    return finish_run(log, info, policy, model)
 
 
 def _train_on(samples, adv, train_model, policy, ref, optimizer, scheduler, cfg: GRPOConfig, info: DistInfo,

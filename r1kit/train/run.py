@@ -132,3 +132,28 @@ class Timer:
         now = time.perf_counter()
         dt, self.t = now - self.t, now
         return dt
+
+
+def checkpoint_due(cfg: Any, step: int) -> tuple[bool, bool]:
+    """(save, stop) after `step` steps: periodic saves every `save_every`, and `stop_after` (save, then exit).
+    The last step is never counted here: finish_run's caller saves it."""
+    stop = bool(cfg.stop_after) and step == cfg.stop_after and step < cfg.max_steps
+    save = stop or (bool(cfg.save_every) and step % cfg.save_every == 0 and step < cfg.max_steps)
+    return save, stop
+
+
+def finish_run(log: RunLog, info: DistInfo, policy: torch.nn.Module, tokenizer_src: str | os.PathLike | None) -> Path:
+    """Write RUN/final (Hugging Face layout + tokenizer) and the plots on rank 0; every rank waits for it."""
+    from r1kit.train.distributed import barrier, full_model_for_saving, unwrap
+
+    full = full_model_for_saving(unwrap(policy))
+    if info.is_main:
+        save_final(full, log.dir, tokenizer_src)
+        try:
+            from r1kit.train.plots import plot_run
+
+            plot_run(log.dir)
+        except Exception as e:  # plots are a convenience; never fail a finished run over them
+            print(f"r1kit: could not draw plots: {e}")
+    barrier(info)
+    return log.dir / "final"

@@ -28,8 +28,8 @@ from r1kit.train.config import SFTConfig
 from r1kit.train.distributed import (DistInfo, all_reduce_sum, barrier, full_model_for_saving, init_distributed, unwrap,
                                      wrap_model)
 from r1kit.train.optim import build_optimizer
-from r1kit.train.run import (RunLog, Timer, autocast_context, find_resume_checkpoint, grad_norm_and_clip,
-                             load_policy, router_bias_update, save_final, aux_loss)
+from r1kit.train.run import (RunLog, Timer, aux_loss, autocast_context, checkpoint_due, find_resume_checkpoint,
+                             finish_run, grad_norm_and_clip, load_policy, router_bias_update)
 
 Example = tuple[list[int], list[int]]  # token ids, loss mask (1 = trained on)
 
@@ -218,19 +218,13 @@ def train_sft(model: str, out: str, cfg: SFTConfig, data: list[str] = (), tasks:
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.max_steps:
             log.append("metrics.jsonl", record)
         bar.set_postfix(loss=f"{loss_mean:.4f}", lr=f"{lr:.2e}")
-        stop = bool(cfg.stop_after) and step + 1 == cfg.stop_after and step + 1 < cfg.max_steps
-        if stop or (cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.max_steps):
+        save, stop = checkpoint_due(cfg, step + 1)
+        if save:
             _checkpoint(log, info, step + 1, policy, optimizer, scheduler, model, cfg)
         if stop:
             return None
     _checkpoint(log, info, cfg.max_steps, policy, optimizer, scheduler, model, cfg)
-    final = log.dir / "final"
-    full = full_model_for_saving(unwrap(policy))
-    if info.is_main:
-        save_final(full, log.dir, model)
-        _plot(log.dir)
-    barrier(info)
-    return final
+    return finish_run(log, info, policy, model)
 
 
 def _checkpoint(log: RunLog, info: DistInfo, step: int, policy, optimizer, scheduler, model_src, cfg) -> None:
@@ -242,11 +236,4 @@ def _checkpoint(log: RunLog, info: DistInfo, step: int, policy, optimizer, sched
     barrier(info)
 
 
-def _plot(run_dir: Path) -> None:
-    try:
-        from r1kit.train.plots import plot_run
-
-        plot_run(run_dir)
-    except Exception as e:  # plots are a convenience; never fail a finished run over them
-        print(f"r1kit: could not draw plots: {e}")
 
