@@ -25,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from r1kit.errors import UserError
+from r1kit.rewards.basic import OverlongPenalty
 from r1kit.train.advantages import fill_informative_groups, group_advantages
 from r1kit.train.checkpointing import load_trainer_state, save_checkpoint
 from r1kit.train.config import GRPOConfig
@@ -48,16 +49,20 @@ class WeightedReward:
 
 def overlong_penalty(length: int, max_len: int, buffer: int, penalty: float) -> float:
     """DAPO's soft overlong punishment: 0 up to max_len - buffer, then linearly down to -penalty at max_len."""
-    if buffer <= 0 or length <= max_len - buffer:
+    if buffer <= 0:
         return 0.0
-    return -penalty * min(1.0, (length - (max_len - buffer)) / buffer)
+    return penalty * OverlongPenalty(max_len, buffer)("", {"completion_tokens": length})
 
 
 def score(samples: list[Sample], rewards: list[WeightedReward], cfg: GRPOConfig) -> None:
     """Each reward over the samples (in parallel threads: math and code verifiers wait on worker processes)."""
     from r1kit.rewards import score_batch
 
-    texts, exs = [s.text for s in samples], [s.example for s in samples]
+    texts = [s.text for s in samples]
+    # token counts for the registry's "length" reward (DAPO's soft penalty; the ramp defaults to the last quarter)
+    length = {"max_completion_tokens": cfg.max_completion_length,
+              "overlong_cache_tokens": cfg.overlong_buffer or max(1, cfg.max_completion_length // 4)}
+    exs = [{**s.example, **length, "completion_tokens": len(s.completion_ids)} for s in samples]
     per = {r.name: score_batch(r.fn, texts, exs) for r in rewards}
     for i, s in enumerate(samples):
         s.rewards = {r.name: per[r.name][i] for r in rewards}
