@@ -97,6 +97,18 @@ def test_torchrun_two_processes_match_one_process(tiny_checkpoint, tmp_path, wra
         assert torch.allclose(one[k], two[k], atol=1e-5), k
     assert [m["loss"] for m in _metrics(tmp_path / "one")] == pytest.approx(
         [m["loss"] for m in _metrics(tmp_path / "two")], rel=1e-5)
+    if wrapper == "fsdp":        # an FSDP run cut after step 2 and resumed (optimizer state included) ends the same
+        port = ["--master-port", "29615"]
+        for extra in (["--stop-after", "2"], ["--resume"]):
+            r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", *port, *common,
+                                "--out", str(tmp_path / "cut"), "--batch-size", "2", "--fsdp", "true", *extra],
+                               env=env, capture_output=True, text=True)
+            assert r.returncode == 0, r.stderr[-3000:]
+        state = torch.load(tmp_path / "cut" / "checkpoints" / "step-000002" / "trainer_state.pt", weights_only=False)
+        assert state["optimizer"]["state"]                            # Adam moments were saved, not None
+        cut = load_file(str(tmp_path / "cut" / "final" / "model.safetensors"))
+        for k in two:
+            assert torch.allclose(cut[k], two[k], atol=1e-5), k
 
 
 def test_task_cold_start_examples_train_on_the_reference_solution(tiny_checkpoint):

@@ -109,6 +109,29 @@ def full_model_for_saving(model: torch.nn.Module) -> torch.nn.Module | None:
     return clone
 
 
+def optimizer_state_for_saving(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """The optimizer's state dict for a checkpoint. FSDP2: the full (unsharded) state gathered to CPU, keyed by
+    parameter name (collective: every rank must call it; rank 0 saves it); otherwise `optimizer.state_dict()`."""
+    if not _fsdp_modules(model):
+        return optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True,
+                                                                               cpu_offload=True))
+
+
+def load_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Inverse of `optimizer_state_for_saving`. FSDP2 (collective): rank 0's full state is broadcast and every
+    rank keeps its own shards."""
+    if not _fsdp_modules(model):
+        optimizer.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, state if dist.get_rank() == 0 else {},
+                             options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+
+
 def all_reduce_sum(values: list[float] | torch.Tensor, info: DistInfo) -> torch.Tensor:
     """Sum a small vector of numbers over ranks (returned as a float64 CPU tensor)."""
     t = torch.as_tensor(values, dtype=torch.float64).clone()

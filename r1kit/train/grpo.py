@@ -30,8 +30,8 @@ from r1kit.train.advantages import fill_informative_groups, group_advantages
 from r1kit.train.checkpointing import load_trainer_state, save_checkpoint
 from r1kit.train.config import GRPOConfig
 from r1kit.train.distributed import (DistInfo, all_gather_objects, all_reduce_max, all_reduce_sum, barrier,
-                                     full_model_for_saving, gather_for_inference, init_distributed, reshard, unwrap,
-                                     wrap_model)
+                                     full_model_for_saving, gather_for_inference, init_distributed,
+                                     load_optimizer_state, optimizer_state_for_saving, reshard, unwrap, wrap_model)
 from r1kit.train.losses import grpo_loss, token_logprobs
 from r1kit.train.optim import build_optimizer
 from r1kit.train.rollout import EngineRollout, Sample
@@ -79,8 +79,14 @@ class PromptStream:
         self.examples, self.seed, self.rank, self.world = examples, seed, rank, world
         self.cursor = 0
 
+    @property
+    def position(self) -> int:
+        """Global index (over all ranks) of the example the next `next()` returns; the same prompt has the same
+        position whatever the number of processes (rank r of W reads r, r + W, ...)."""
+        return self.cursor * self.world + self.rank
+
     def next(self) -> dict:
-        c = self.cursor * self.world + self.rank
+        c = self.position
         self.cursor += 1
         epoch, pos = divmod(c, len(self.examples))
         order = list(range(len(self.examples)))
@@ -146,8 +152,8 @@ def train_grpo(model: str, out: str, cfg: GRPOConfig, tasks: list[str] = (), rew
     start = 0
     if ckpt is not None:
         state = load_trainer_state(ckpt)
-        if state["optimizer"] is not None:
-            optimizer.load_state_dict(state["optimizer"])
+        if state["optimizer"] is not None:        # (None: an FSDP checkpoint of older r1kit, weights only)
+            load_optimizer_state(policy, optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         stream.cursor = state["prompt_cursors"][info.rank]
         if ref is not None and state.get("ref") is not None:
@@ -165,14 +171,14 @@ def train_grpo(model: str, out: str, cfg: GRPOConfig, tasks: list[str] = (), rew
         # ---- 1. rollout -------------------------------------------------------------------------------------
         gather_for_inference(policy)
         engine.wake()
-        draws = [0]
 
         def draw(k: int) -> list[list[Sample]]:
+            # a prompt's sampling seed is a function of its global stream position only (not of the rank or of
+            # its slot in this rank's batch), so 1 or N processes sample the same completions for the same prompt
+            seeds = [(cfg.seed * 1_000_003 + (stream.position + j * info.world_size) * 10_007) % (2 ** 31)
+                     for j in range(k)]
             exs = [stream.next() for _ in range(k)]
             prompts = [prompt_ids(tokenizer, e, cfg.max_prompt_length) for e in exs]
-            seeds = [(cfg.seed * 1_000_003 + step * 10_007 + info.rank * 101 + draws[0] * 13 + j) % (2 ** 31)
-                     for j in range(k)]
-            draws[0] += 1
             groups = engine.generate(prompts, exs, list(range(k)), cfg.num_generations, seeds,
                                      cfg.max_completion_length, cfg.temperature, cfg.top_p)
             score([s for g in groups for s in g], rewards, cfg)
@@ -302,9 +308,10 @@ def _metrics(step, samples, groups, rewards, cfg, info, stats, t_rollout, t_trai
 
 def _checkpoint(log, info, step, policy, optimizer, scheduler, ref, stream, model_src, cfg) -> None:
     cursors = all_gather_objects(stream.cursor, info)
-    full = full_model_for_saving(unwrap(policy))
-    if info.is_main:    # (FSDP: optimizer shards are not gathered, so such checkpoints hold weights only)
-        state = {"optimizer": None if cfg.fsdp and info.enabled else optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+    full = full_model_for_saving(unwrap(policy))          # FSDP: both gather full tensors (collectives)
+    optim_state = optimizer_state_for_saving(unwrap(policy), optimizer)
+    if info.is_main:
+        state = {"optimizer": optim_state, "scheduler": scheduler.state_dict(),
                  "prompt_cursors": cursors, "data_position": cursors,
                  "ref": ref.state_dict() if ref is not None and cfg.ref_refresh_steps else None}
         save_checkpoint(log.dir, step, full, state, keep_last=cfg.keep_last, tokenizer_src=model_src)

@@ -3,8 +3,10 @@
 The engine is built once over the very nn.Module being trained (no weight copy, no sync): after an optimizer step
 the next rollout already sees the new weights. Between phases the engine's KV cache is released so that training
 can use that memory, and re-allocated (with an empty prefix cache, since cached KV of old weights is stale) before
-the next rollout. Every group gets its own sampling seed derived from (seed, step, rank, group), so rollouts are
-reproducible and a resumed run samples exactly what the uninterrupted run would.
+the next rollout. Every group gets its own sampling seed, derived by the trainer from (seed, the prompt's global
+position in the prompt stream), and completion i of a group samples with seed + i; a group's completions therefore
+do not depend on which rank generates it or on what else is in the batch, so rollouts are reproducible, a resumed
+run samples exactly what the uninterrupted run would, and N processes sample what 1 process would.
 """
 from __future__ import annotations
 

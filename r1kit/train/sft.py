@@ -25,8 +25,8 @@ from tqdm import tqdm
 from r1kit.errors import UserError
 from r1kit.train.checkpointing import load_trainer_state, save_checkpoint
 from r1kit.train.config import SFTConfig
-from r1kit.train.distributed import (DistInfo, all_reduce_sum, barrier, full_model_for_saving, init_distributed, unwrap,
-                                     wrap_model)
+from r1kit.train.distributed import (DistInfo, all_reduce_sum, barrier, full_model_for_saving, init_distributed,
+                                     load_optimizer_state, optimizer_state_for_saving, unwrap, wrap_model)
 from r1kit.train.optim import build_optimizer
 from r1kit.train.run import (RunLog, Timer, aux_loss, autocast_context, checkpoint_due, find_resume_checkpoint,
                              finish_run, grad_norm_and_clip, load_policy, router_bias_update)
@@ -173,8 +173,8 @@ def train_sft(model: str, out: str, cfg: SFTConfig, data: list[str] = (), tasks:
     start = 0
     if ckpt is not None:
         state = load_trainer_state(ckpt)
-        if state["optimizer"] is not None:
-            optimizer.load_state_dict(state["optimizer"])
+        if state["optimizer"] is not None:        # (None: an FSDP checkpoint of older r1kit, weights only)
+            load_optimizer_state(policy, optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start = state["step"]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -228,11 +228,11 @@ def train_sft(model: str, out: str, cfg: SFTConfig, data: list[str] = (), tasks:
 
 
 def _checkpoint(log: RunLog, info: DistInfo, step: int, policy, optimizer, scheduler, model_src, cfg) -> None:
-    full = full_model_for_saving(unwrap(policy))
-    if info.is_main:    # (FSDP: optimizer shards are not gathered, so such checkpoints hold weights only)
-        save_checkpoint(log.dir, step, full, {"optimizer": None if cfg.fsdp and info.enabled else optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "data_position": step}, keep_last=cfg.keep_last,
-                        tokenizer_src=model_src)
+    full = full_model_for_saving(unwrap(policy))          # FSDP: both gather full tensors (collectives)
+    optim_state = optimizer_state_for_saving(unwrap(policy), optimizer)
+    if info.is_main:
+        save_checkpoint(log.dir, step, full, {"optimizer": optim_state, "scheduler": scheduler.state_dict(),
+                        "data_position": step}, keep_last=cfg.keep_last, tokenizer_src=model_src)
     barrier(info)
 
 
