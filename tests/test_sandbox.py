@@ -183,6 +183,8 @@ def test_process_limit_is_per_sandbox_not_shared_between_concurrent_runs():
     time.sleep(1.0)  # the bomb now holds all the processes it may have
     program = ("import os\npids = [os.fork() for _ in range(4)]\nif 0 in pids:\n    os._exit(0)\n"
                "for p in pids:\n    os.waitpid(p, 0)\nFORKED = len(pids)\n")
-    score = run_tests(program, ["assert FORKED == 4"], FAST)
+    # same process limit as the bomb, a roomier clock: this run must fail only if the bomb's processes count against it
+    roomy = SandboxLimits(wall_s=10.0, cpu_s=5, memory_mb=512, max_procs=FAST.max_procs)
+    score = run_tests(program, ["assert FORKED == 4"], roomy)
     bomb_thread.join()
     assert score == 1.0
