@@ -27,17 +27,16 @@ from tqdm import tqdm
 from r1kit.errors import UserError
 from r1kit.rewards.basic import OverlongPenalty
 from r1kit.train.advantages import fill_informative_groups, group_advantages
-from r1kit.train.checkpointing import load_trainer_state, save_checkpoint
+from r1kit.train.checkpointing import save_checkpoint
 from r1kit.train.config import GRPOConfig
 from r1kit.train.distributed import (DistInfo, all_gather_objects, all_reduce_max, all_reduce_sum, barrier,
                                      full_model_for_saving, gather_for_inference, init_distributed,
-                                     load_optimizer_state, optimizer_state_for_saving, reshard, unwrap, wrap_model)
+                                     optimizer_state_for_saving, reshard, unwrap)
 from r1kit.train.losses import grpo_loss, token_logprobs
-from r1kit.train.optim import build_optimizer
 from r1kit.train.rollout import EngineRollout, Sample
 from r1kit.train.task_data import prompt_ids
 from r1kit.train.run import (RunLog, aux_loss, autocast_context, checkpoint_due, find_resume_checkpoint, finish_run,
-                             grad_norm_and_clip, load_policy, router_bias_update)
+                             grad_norm_and_clip, load_policy, prepare_training, router_bias_update)
 
 
 @dataclass
@@ -142,19 +141,13 @@ def train_grpo(model: str, out: str, cfg: GRPOConfig, tasks: list[str] = (), rew
     ckpt = find_resume_checkpoint(out, resume)
     tokenizer = load_tokenizer(model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    policy = load_policy(ckpt / "model" if ckpt else model, info.device)
+    policy, train_model, optimizer, scheduler, state = prepare_training(model, ckpt, info, cfg)
     ref = None
     if cfg.beta > 0:
         ref = load_policy(model, info.device).eval().requires_grad_(False)
     stream = PromptStream(examples, cfg.seed, info.rank, info.world_size)
-    train_model = wrap_model(policy, info, cfg.fsdp)      # before the optimizer: FSDP2 replaces the parameters
-    optimizer, scheduler = build_optimizer(policy, cfg)
     start = 0
-    if ckpt is not None:
-        state = load_trainer_state(ckpt)
-        if state["optimizer"] is not None:        # (None: an FSDP checkpoint of older r1kit, weights only)
-            load_optimizer_state(policy, optimizer, state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+    if state is not None:
         stream.cursor = state["prompt_cursors"][info.rank]
         if ref is not None and state.get("ref") is not None:
             ref.load_state_dict(state["ref"])

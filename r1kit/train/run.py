@@ -157,3 +157,22 @@ def finish_run(log: RunLog, info: DistInfo, policy: torch.nn.Module, tokenizer_s
             print(f"r1kit: could not draw plots: {e}")
     barrier(info)
     return log.dir / "final"
+
+
+def prepare_training(model_src: str | os.PathLike, ckpt: Path | None, info: DistInfo, cfg: Any):
+    """The policy (from `ckpt` when resuming), its DDP/FSDP wrapper, optimizer and scheduler, with their state
+    restored from `ckpt`. Returns (policy, train_model, optimizer, scheduler, trainer_state or None)."""
+    from r1kit.train.checkpointing import load_trainer_state
+    from r1kit.train.distributed import load_optimizer_state, wrap_model
+    from r1kit.train.optim import build_optimizer
+
+    policy = load_policy(ckpt / "model" if ckpt else model_src, info.device)
+    train_model = wrap_model(policy, info, cfg.fsdp)      # before the optimizer: FSDP2 replaces the parameters
+    optimizer, scheduler = build_optimizer(policy, cfg)
+    state = None
+    if ckpt is not None:
+        state = load_trainer_state(ckpt)
+        if state["optimizer"] is not None:        # (None: an FSDP checkpoint of older r1kit, weights only)
+            load_optimizer_state(policy, optimizer, state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+    return policy, train_model, optimizer, scheduler, state

@@ -23,13 +23,12 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from r1kit.errors import UserError
-from r1kit.train.checkpointing import load_trainer_state, save_checkpoint
+from r1kit.train.checkpointing import save_checkpoint
 from r1kit.train.config import SFTConfig
 from r1kit.train.distributed import (DistInfo, all_reduce_sum, barrier, full_model_for_saving, init_distributed,
-                                     load_optimizer_state, optimizer_state_for_saving, unwrap, wrap_model)
-from r1kit.train.optim import build_optimizer
+                                     optimizer_state_for_saving, unwrap)
 from r1kit.train.run import (RunLog, Timer, aux_loss, autocast_context, checkpoint_due, find_resume_checkpoint,
-                             finish_run, grad_norm_and_clip, load_policy, router_bias_update)
+                             finish_run, grad_norm_and_clip, prepare_training, router_bias_update)
 
 Example = tuple[list[int], list[int]]  # token ids, loss mask (1 = trained on)
 
@@ -167,16 +166,8 @@ def train_sft(model: str, out: str, cfg: SFTConfig, data: list[str] = (), tasks:
     log.save_config(cfg, {"model": model, "data": list(data), "tasks": list(tasks), "world_size": info.world_size,
                           **(extra_config or {})})
 
-    policy = load_policy(ckpt / "model" if ckpt else model, info.device)
-    train_model = wrap_model(policy, info, cfg.fsdp)      # before the optimizer: FSDP2 replaces the parameters
-    optimizer, scheduler = build_optimizer(policy, cfg)
-    start = 0
-    if ckpt is not None:
-        state = load_trainer_state(ckpt)
-        if state["optimizer"] is not None:        # (None: an FSDP checkpoint of older r1kit, weights only)
-            load_optimizer_state(policy, optimizer, state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start = state["step"]
+    policy, train_model, optimizer, scheduler, state = prepare_training(model, ckpt, info, cfg)
+    start = state["step"] if state is not None else 0
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     log.truncate_after(start)          # a fresh run (or a resume) forgets log lines of steps it will redo
