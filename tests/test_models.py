@@ -168,16 +168,74 @@ def test_engine_path_with_paged_cache_matches_batch_forward(model_type):
     model.bind_kv_cache(None)
 
 
-def test_grouped_expert_kernel_gradients_match_finite_differences():
-    from r1kit.models.grouped_experts import grouped_swiglu
+def _routing(n: int, e: int, k: int, seed: int, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.stack([torch.randperm(e, generator=g)[:k] for _ in range(n)])  # [N, K] distinct experts per token
+    return idx, torch.rand(n, k, dtype=dtype, generator=g), g
 
+
+def _experts_reference(x, idx, w, gate_up, down):
+    """Plain autograd, one expert at a time: sum_k w[n,k] * expert_{idx[n,k]}(x[n])."""
+    i = down.shape[2]
+    out = torch.zeros_like(x)
+    for e in range(gate_up.shape[0]):
+        rows, slots = (idx == e).nonzero(as_tuple=True)
+        h = x[rows] @ gate_up[e].t()
+        y = (torch.nn.functional.silu(h[:, :i]) * h[:, i:]) @ down[e].t()
+        out = out.index_add(0, rows, y * w[rows, slots, None])
+    return out
+
+
+def test_routed_expert_kernel_gradients_match_finite_differences():
+    from r1kit.models.grouped_experts import routed_swiglu
+
+    idx = torch.tensor([[0, 2], [3, 0], [2, 3], [0, 3], [2, 0], [3, 2], [0, 2]])  # expert 1 gets no tokens
     g = torch.Generator().manual_seed(0)
-    counts = [5, 0, 8, 7]  # one expert without tokens
-    xs = torch.randn(20, 6, dtype=torch.float64, generator=g).requires_grad_()
+    w = torch.rand(7, 2, dtype=torch.float64, generator=g)
+    x = torch.randn(7, 6, dtype=torch.float64, generator=g).requires_grad_()
     gate_up = (0.3 * torch.randn(4, 8, 6, dtype=torch.float64, generator=g)).requires_grad_()
     down = (0.3 * torch.randn(4, 6, 4, dtype=torch.float64, generator=g)).requires_grad_()
-    weights = torch.rand(20, dtype=torch.float64, generator=g).requires_grad_()
-    assert torch.autograd.gradcheck(lambda *t: grouped_swiglu(*t, counts), (xs, gate_up, down, weights))
+    w.requires_grad_()
+    assert torch.autograd.gradcheck(lambda x, w, gu, d: routed_swiglu(x, idx, w, gu, d), (x, w, gate_up, down))
+
+
+def test_routed_experts_forward_and_gradients_match_a_per_expert_autograd_loop():
+    from r1kit.models.grouped_experts import routed_swiglu
+
+    idx, w, g = _routing(40, 16, 4, seed=1)
+    idx[idx == 5] = 6  # expert 5 unused: its weight gradient must be zero, not garbage
+    x = torch.randn(40, 12, dtype=torch.float64, generator=g)
+    gate_up = 0.3 * torch.randn(16, 10, 12, dtype=torch.float64, generator=g)
+    down = 0.3 * torch.randn(16, 12, 5, dtype=torch.float64, generator=g)
+    upstream = torch.randn(40, 12, dtype=torch.float64, generator=g)
+    grads = []
+    for fn in (routed_swiglu, _experts_reference):
+        leaves = [t.clone().requires_grad_() for t in (x, w, gate_up, down)]
+        out = fn(leaves[0], idx, leaves[1], leaves[2], leaves[3])
+        out.backward(upstream)
+        grads.append([out.detach()] + [t.grad for t in leaves])
+    for ours, ref in zip(*grads):
+        torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-12)
+    assert grads[0][3][5].abs().max() == 0 and grads[0][4][5].abs().max() == 0
+
+
+def test_decode_sized_batches_route_through_padded_experts_exactly(monkeypatch):
+    import r1kit.models.grouped_experts as ge
+
+    e, k, d = 64, 8, 32
+    idx, w, g = _routing(64, e, k, seed=2, dtype=torch.float32)  # decode step of 64 sequences: ~8 rows per expert
+    x = torch.randn(64, d, generator=g)
+    gate_up, down = 0.2 * torch.randn(e, 16, d, generator=g), 0.2 * torch.randn(e, d, 8, generator=g)
+    calls, padded = [], ge._padded
+    monkeypatch.setattr(ge, "_padded", lambda *a: calls.append(a[-1]) or padded(*a))  # records the padded cap
+    with torch.inference_mode():
+        auto = ge.routed_swiglu(x, idx, w, gate_up, down)
+        monkeypatch.setattr(ge, "PADDED_MAX_ROWS", 0)  # force the grouped (per-expert mm) formulation
+        grouped = ge.routed_swiglu(x, idx, w, gate_up, down)
+    assert len(calls) == 1 and calls[0] < 32  # the padded path ran once, with a decode-sized cap
+    torch.testing.assert_close(auto, grouped, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(auto.double(), _experts_reference(x.double(), idx, w.double(), gate_up.double(),
+                                                                  down.double()), rtol=1e-5, atol=1e-6)
 
 
 def test_router_bias_stays_float32_in_bfloat16_model(tmp_path):

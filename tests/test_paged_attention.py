@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from r1kit.models.context import AttentionContext
-from r1kit.models.paged_attention import gqa_paged_attention, mla_paged_attention
+from r1kit.models import paged_attention
+from r1kit.models.paged_attention import BATCHED_MAX_NEW, gqa_paged_attention, mla_paged_attention
 
 BLOCK = 4
 
@@ -47,10 +48,17 @@ def causal_ref(q, k, v, scale):
 
 
 # (cached prefix, tokens in step 2) per sequence: decode rows, prefill-after-prefix chunks, and fresh prefills.
+# "mixed" chunks are short (batched one row per token); "long" chunks exceed BATCHED_MAX_NEW (per-sequence path).
 CASES = {
     "decode": [(5, 1), (9, 1), (1, 1), (16, 1)],
     "mixed": [(7, 1), (0, 6), (8, 5), (3, 1), (12, 3)],
+    "long": [(7, 1), (0, 12), (9, 10), (2, 3)],  # as many batched rows as sequences, yet not all decode
 }
+
+
+def test_long_case_exercises_both_paths():
+    assert all(n <= BATCHED_MAX_NEW for _, n in CASES["mixed"])
+    assert any(n > BATCHED_MAX_NEW for _, n in CASES["long"]) and any(n == 1 for _, n in CASES["long"])
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -116,3 +124,45 @@ def test_paged_attention_writes_new_tokens_at_their_slots():
     gqa_paged_attention(torch.randn(3, 1, 2), k, v, cache, ctx, 1.0)
     assert torch.equal(cache[5, :3, 0], k) and torch.equal(cache[5, :3, 1], v)
     assert cache[5, 3].abs().sum() == 0 and cache[:5].abs().sum() == 0
+
+
+def test_layers_sharing_one_context_each_attend_over_their_own_cache():
+    """The gather index and mask are built by the first call and cached on the context; a second layer with
+    another cache and other inputs must still get its own exact attention (decode rows and a short chunk)."""
+    gen = torch.Generator().manual_seed(2)
+    H, nope, rope, R, dv = 2, 4, 2, 6, 3
+    cached, new = [5, 3, 6], [1, 4, 1]
+    lengths = [c + n for c, n in zip(cached, new)]
+    tables = scattered_tables(lengths, 20, gen)
+    w_uk, w_uv = torch.randn(H, nope, R, generator=gen), torch.randn(H, dv, R, generator=gen)
+    scale = 0.5
+    layers = []
+    for _ in range(2):
+        seqs = [(torch.randn(L, H, nope, generator=gen), torch.randn(L, H, rope, generator=gen),
+                 torch.randn(L, R, generator=gen), torch.randn(L, rope, generator=gen)) for L in lengths]
+        cache = torch.zeros(20, BLOCK, R + rope)
+        parts = [torch.cat([x[i][:c] for x, c in zip(seqs, cached)]) for i in range(4)]
+        mla_paged_attention(*parts, cache, make_ctx([0] * 3, cached, tables), w_uk, w_uv, scale)
+        layers.append((seqs, cache))
+    ctx = make_ctx(cached, new, tables)
+    for seqs, cache in layers:  # the same ctx object, as in a model forward
+        parts = [torch.cat([x[i][c:] for x, c in zip(seqs, cached)]) for i in range(4)]
+        out = mla_paged_attention(*parts, cache, ctx, w_uk, w_uv, scale)
+        s = 0
+        for b, (qn, qp, c, kp) in enumerate(seqs):
+            k = torch.cat([torch.einsum("lr,hnr->lhn", c, w_uk), kp[:, None].expand(-1, H, -1)], -1)
+            ref = causal_ref(torch.cat([qn, qp], -1), k, torch.einsum("lr,hvr->lhv", c, w_uv), scale)
+            torch.testing.assert_close(out[s:s + new[b]], ref[cached[b]:], atol=1e-5, rtol=1e-4)
+            s += new[b]
+    assert "paged_plan" in ctx.derived
+
+
+def test_short_chunks_take_the_per_sequence_path_when_their_gather_would_be_too_large(monkeypatch):
+    # budget = 2x the decode rows' padded gather (2 rows x 8 keys): every chunk of "mixed" exceeds it
+    monkeypatch.setattr(paged_attention, "BATCHED_MIN_KEYS", 0)
+    cached, new = zip(*CASES["mixed"])
+    tables = scattered_tables([c + n for c, n in CASES["mixed"]], 40, torch.Generator().manual_seed(0))
+    plan = paged_attention._plan(make_ctx(list(cached), list(new), tables), "cpu")
+    assert plan.pre == [b for b, n in enumerate(new) if n > 1] and plan.mask.shape[0] == new.count(1)
+    test_gqa_paged_attention_matches_causal_attention("mixed")
+    test_mla_paged_attention_matches_decompressed_causal_attention("mixed")

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from r1kit.train.config import GRPOConfig
-from r1kit.train.grpo import WeightedReward, batch_tensors, overlong_penalty, policy_logprobs, train_grpo
+from r1kit.train.group_packing import pack_groups
+from r1kit.train.grpo import WeightedReward, overlong_penalty, policy_logprobs, train_grpo
 
 
 def digit_fraction(text: str, example: dict) -> float:
@@ -56,9 +57,10 @@ def test_engine_rollout_logprobs_equal_the_training_forward(tiny_checkpoint):
     engine.wake()
     [group] = engine.generate([prompt_ids(tok, EXAMPLES[0], 64)], EXAMPLES[:1], [0], 4, [7], 12, 0.7, 1.0)
     engine.release_memory()
-    ids, mask, old = batch_tensors(group, tok.pad_token_id, torch.device("cpu"))
+    batch = pack_groups(group, 4, tok.pad_token_id, torch.device("cpu"))
+    mask, old = batch.mask, batch.old_logprobs
     with torch.no_grad():
-        logp, _ = policy_logprobs(model, ids, 0.7, torch.device("cpu"), "float32")
+        logp, _ = policy_logprobs(model, batch, 0.7, torch.device("cpu"), "float32")
     assert mask.sum() == sum(len(s.completion_ids) for s in group) > 0
     assert torch.allclose(old * mask, logp * mask, atol=2e-4)
 

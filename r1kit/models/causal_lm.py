@@ -11,7 +11,8 @@ and the KV-cache binding (`kv_cache_spec`, `bind_kv_cache`). Parameter names fol
 where a module fuses weights and says so through `hf_tensors(prefix)`.
 
 A decoder layer is called as `layer(h, rope, ctx, mask)` with h [B, T, D] (training) or [T, D] (engine), rope the
-(cos, sin) pair [..., T, rope_dim/2] and mask None (plain causal) or a bool [B, 1, T, T] "may attend" mask.
+(cos, sin) pair [..., T, rope_dim/2] and mask None (plain causal), a bool [B, 1, T, T] "may attend" mask or a
+`SharedPrefix` layout (packed GRPO groups); attention layers hand it to `r1kit.models.attention.attend`.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from r1kit.models.attention import SharedPrefix
 from r1kit.models.context import AttentionContext, KVCacheSpec
 from r1kit.models.hf_config import HFConfig
 from r1kit.models.layers import RMSNorm, RotaryEmbedding
@@ -73,13 +75,20 @@ class CausalLM(nn.Module):
     # ---- forward -------------------------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None,
                 ctx: AttentionContext | None = None, logits_indices: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+                attention_mask: torch.Tensor | None = None, shared_prefix: SharedPrefix | None = None
+                ) -> torch.Tensor:
         """See the module docstring. `attention_mask` [B, T] is only needed for left padding (right padding is
-        harmless under causal attention); `positions` default to 0..T-1."""
+        harmless under causal attention); `positions` default to 0..T-1. `shared_prefix` runs packed GRPO groups
+        (r1kit/models/attention.py; pass their `positions` [B, T]). In the training path `logits_indices` is
+        [N] (the same columns of every row) or [B, N] (per row)."""
         if ctx is not None:
             if input_ids.dim() != 1 or positions is None:
                 raise ValueError("with ctx, pass flat input_ids [T] and positions [T]")
             mask = None
+        elif shared_prefix is not None:
+            if positions is None or input_ids.shape[-1] != shared_prefix.row_len:
+                raise ValueError(f"shared_prefix rows need positions and {shared_prefix.row_len} tokens each")
+            mask, squeeze = shared_prefix, False
         else:
             squeeze = input_ids.dim() == 1
             if squeeze:
@@ -95,7 +104,12 @@ class CausalLM(nn.Module):
             h = layer(h, rope, ctx, mask)
         h = self.model.norm(h)
         if logits_indices is not None:
-            h = h[logits_indices] if ctx is not None else h[:, logits_indices]
+            if ctx is not None:
+                h = h[logits_indices]
+            elif logits_indices.dim() == 2:  # per-row columns [B, N]
+                h = h.gather(1, logits_indices[..., None].expand(-1, -1, h.shape[-1]))
+            else:
+                h = h[:, logits_indices]
         logits = self.lm_head(h)
         if ctx is None and squeeze:
             logits = logits[0]

@@ -19,7 +19,7 @@ The model side:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -50,6 +50,9 @@ class AttentionContext:
     query_lens: list[int]  # CPU copy of the new-token counts, for per-sequence loops
     seq_lens_list: list[int]  # CPU copy of seq_lens
     block_size: int
+    # per-step values derived from the fields above, built by the first attention layer and reused by the others
+    # (r1kit/models/paged_attention.py: the batched path's gather index and mask); never set it yourself
+    derived: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def is_decode(self) -> bool:

@@ -26,9 +26,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from r1kit.errors import UserError
+from r1kit.models.attention import SharedPrefix, attend
 from r1kit.models.causal_lm import CausalLM
 from r1kit.models.context import AttentionContext
-from r1kit.models.grouped_experts import grouped_swiglu
+from r1kit.models.grouped_experts import routed_swiglu
 from r1kit.models.hf_config import HFConfig
 from r1kit.models.layers import RMSNorm, SwiGLU, apply_rope, yarn_mscale
 
@@ -101,7 +102,7 @@ class MLAttention(nn.Module):
         self.kv_cache: torch.Tensor | None = None  # [num_blocks, block_size, rank + rope], set by bind_kv_cache
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], ctx: AttentionContext | None,
-                mask: torch.Tensor | None) -> torch.Tensor:
+                mask: torch.Tensor | SharedPrefix | None) -> torch.Tensor:
         lead = x.shape[:-1]  # (B, T) or (T,)
         q = self.q_proj(x) if hasattr(self, "q_proj") else self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
         q = q.view(*lead, self.h, self.nope + self.rope)
@@ -119,8 +120,7 @@ class MLAttention(nn.Module):
         k = torch.cat((k_nope, k_pe.unsqueeze(-2).expand(*lead, self.h, self.rope)), dim=-1)
         if self.v < self.nope + self.rope:  # equal head dims let SDPA use its fused (flash) kernel
             v = F.pad(v, (0, self.nope + self.rope - self.v))
-        o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                           attn_mask=mask, is_causal=mask is None, scale=self.scale)  # [B, H, T, qk]
+        o = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask, self.scale)  # [B, H, T, qk]
         return self.o_proj(o[..., :self.v].transpose(1, 2).flatten(2))
 
     def _paged(self, q_nope, q_pe, c_kv, k_pe, ctx: AttentionContext) -> torch.Tensor:
@@ -182,15 +182,7 @@ class Experts(nn.Module):
 
     def forward(self, x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """x [N, D], idx/w [N, K] -> sum_k w[n,k] * expert_{idx[n,k]}(x[n])  [N, D]."""
-        n, k = idx.shape
-        flat = idx.flatten()  # [N*K]
-        order = flat.argsort(stable=True)  # (token, slot) pairs grouped by expert
-        counts = torch.bincount(flat, minlength=self.e).tolist()
-        token = order // k
-        xs = x[token]  # [N*K, D], contiguous runs per expert
-        ys = grouped_swiglu(xs, self.gate_up, self.down, w.flatten()[order].to(x.dtype), counts)  # [N*K, D]
-        acc = torch.float32 if x.dtype in (torch.bfloat16, torch.float16) else x.dtype  # sum the K experts in fp32
-        return x.new_zeros(n, x.shape[-1], dtype=acc).index_add_(0, token, ys.to(acc)).to(x.dtype)
+        return routed_swiglu(x, idx, w, self.gate_up, self.down)
 
     def hf_tensors(self, prefix: str) -> dict[str, torch.Tensor]:
         out = {}

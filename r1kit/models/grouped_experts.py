@@ -1,84 +1,153 @@
-"""Grouped SwiGLU experts: the compute kernel of DeepSeekMoE, forward and backward written out by hand.
+"""Routed SwiGLU experts: the compute kernel of DeepSeekMoE, forward and backward written out by hand.
 
-Input rows arrive sorted by expert (`counts[e]` consecutive rows for expert e). Each expert is two matmuls on its
-contiguous slice, written straight into preallocated outputs; the activation runs once over all rows. The backward
-does the same and writes each expert's weight gradient into its slot of one stacked gradient tensor. Compared with
-plain autograd over a Python loop of per-expert `F.linear` calls, this avoids a torch.cat of the outputs, a stack of
-per-expert weight gradients and ~10 autograd nodes per expert -- most of the MoE layer's cost on CPU.
+    routed_swiglu(x [N, D], idx [N, K], w [N, K], gate_up [E, 2I, D], down [E, D, I]) -> [N, D]
+    out[n] = sum_k w[n, k] * down[e] @ (silu(gate_up[e, :I] @ x[n]) * (gate_up[e, I:] @ x[n])),  e = idx[n, k]
 
-    grouped_swiglu(xs [M, D], gate_up [E, 2I, D], down [E, D, I], weights [M], counts: list[int]) -> [M, D]
-    with rows r of expert e:  out[r] = weights[r] * down[e] @ (silu(gate_up[e, :I] @ xs[r]) * (gate_up[e, I:] @ xs[r]))
-The routing weight is applied to the [M, I] activation rather than the [M, D] output: the same product, less memory
-traffic (I < D for fine-grained experts).
+Two formulations, chosen by how many rows each expert gets:
+- grouped (training, prefill): the N*K (token, slot) rows are sorted by expert, so each expert is two matmuls on a
+  contiguous slice written straight into preallocated outputs, and the activation runs once over all rows. The
+  permutation lives inside the autograd function, so each direction is one gather (`index_select` of x's rows by
+  `order // K`; of the output gradient in the backward) and one `index_add_` summing each token's K rows; weight
+  gradients are written expert by expert into uninitialised stacked tensors (only experts without rows are zeroed).
+  Compared with plain autograd over a Python loop of per-expert `F.linear` calls this avoids ~10 autograd nodes per
+  expert, a cat and a stack; compared with autograd's `x[token]` it avoids the slow accumulating index_put_.
+- padded (decode-sized batches without gradients): with a handful of rows per expert a per-expert matmul costs
+  more in call and threading overhead than in FLOPs, so the rows are copied into [E, cap, D] (cap = the most rows
+  any expert has, zero padding) and each projection is one torch.bmm over the stacked weights.
+The routing weight is applied to the [rows, I] activation rather than the [rows, D] output: the same product, less
+memory traffic (I < D for fine-grained experts). K outputs are summed in fp32 for half-precision inputs.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+# Without gradients the padded formulation runs when no expert has more than PADDED_MAX_ROWS rows and the padded
+# batch [E, cap] holds at most PADDED_MAX_WASTE times the real rows (measured on a 2-core CPU, see
+# bench/moe_decode.py: with two threads a per-expert mm of a few rows costs more in threading and call overhead
+# than in FLOPs; with mostly-empty experts the padded bmm would compute and read weights for nothing).
+PADDED_MAX_ROWS = 64
+PADDED_MAX_WASTE = 4
 
-def _slices(counts: list[int]):
-    start = 0
+
+def _runs(counts: list[int], *tensors: torch.Tensor):
+    """(e, each tensor's part for expert e) for every expert with rows: 2-D row tensors [M, C] are split into runs
+    of counts[e] rows, 3-D stacked weights [E, A, B] give their entry e. One split/unbind call per tensor rather than
+    per-expert indexing (64 experts x 6 matmuls per layer: the cost of slicing in Python shows in a training step)."""
+    parts = [t.unbind(0) if t.dim() == 3 else t.split(counts) for t in tensors]
     for e, c in enumerate(counts):
         if c:
-            yield e, slice(start, start + c)
-        start += c
+            yield (e, *(p[e] for p in parts))
 
 
-class _GroupedSwiGLU(torch.autograd.Function):
+def _zero_missing(t: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    """Zero the gradient slots of experts that got no rows (the others are overwritten by matmuls)."""
+    for e, c in enumerate(counts):
+        if not c:
+            t[e].zero_()
+    return t
+
+
+class _RoutedSwiGLU(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, xs, gate_up, down, weights, counts):
-        i = down.shape[2]
+    def forward(ctx, x, w, gate_up, down, order, counts, k):
+        # x [N, D], w [N*K] routing weights (x's dtype), order [M = N*K]: (token, slot) pairs sorted by expert
+        n, i = x.shape[0], down.shape[2]
+        token = order // k  # [M] token of each sorted row
+        xs = x.index_select(0, token)  # [M, D], contiguous runs per expert
+        ws = w.index_select(0, order)  # [M]
         h = xs.new_empty(xs.shape[0], 2 * i)  # [M, 2I] gate and up pre-activations
-        for e, s in _slices(counts):
-            torch.mm(xs[s], gate_up[e].t(), out=h[s])
+        for _, xs_e, w_e, h_e in _runs(counts, xs, gate_up.transpose(1, 2), h):
+            torch.mm(xs_e, w_e, out=h_e)
         gate, up = h[:, :i], h[:, i:]
-        act = F.silu(gate) * up  # [M, I]
-        act_w = act * weights[:, None]  # routing weight applied on the narrow side (I < D)
-        out = xs.new_empty(xs.shape[0], down.shape[1])  # [M, D]
-        for e, s in _slices(counts):
-            torch.mm(act_w[s], down[e].t(), out=out[s])
+        silu_gate = F.silu(gate)
+        act = silu_gate * up  # [M, I]
+        act_w = act * ws[:, None]  # routing weight applied on the narrow side (I < D)
+        ys = xs.new_empty(xs.shape[0], down.shape[1])  # [M, D]
+        for _, a_e, w_e, y_e in _runs(counts, act_w, down.transpose(1, 2), ys):
+            torch.mm(a_e, w_e, out=y_e)
         ctx.counts = counts
-        ctx.save_for_backward(xs, gate_up, down, weights, h, act, act_w)
-        return out
+        ctx.save_for_backward(xs, gate_up, down, ws, h, silu_gate, act, act_w, order, token)
+        return _sum_rows(ys, token, n)
 
     @staticmethod
     def backward(ctx, d_out):
-        xs, gate_up, down, weights, h, act, act_w = ctx.saved_tensors
+        xs, gate_up, down, ws, h, silu_gate, act, act_w, order, token = ctx.saved_tensors
         counts, i = ctx.counts, down.shape[2]
-        d_out = d_out.contiguous()
+        d_ys = d_out.index_select(0, token)  # [M, D]: each row's output feeds its token's sum
         d_act_w = torch.empty_like(act)  # [M, I]
-        d_down = torch.zeros_like(down) if ctx.needs_input_grad[2] else None
-        for e, s in _slices(counts):
-            torch.mm(d_out[s], down[e], out=d_act_w[s])
+        d_down = _zero_missing(torch.empty_like(down), counts) if ctx.needs_input_grad[3] else None
+        for e, dy_e, w_e, da_e, a_e in _runs(counts, d_ys, down, d_act_w, act_w):
+            torch.mm(dy_e, w_e, out=da_e)
             if d_down is not None:
-                torch.mm(d_out[s].t(), act_w[s], out=d_down[e])
-        d_weights = (d_act_w * act).sum(-1) if ctx.needs_input_grad[3] else None
-        d_act = d_act_w.mul_(weights[:, None])
+                torch.mm(dy_e.t(), a_e, out=d_down[e])
+        d_w = None
+        if ctx.needs_input_grad[1]:
+            d_ws = torch.linalg.vecdot(d_act_w, act)  # [M]
+            d_w = torch.empty_like(d_ws).index_copy_(0, order, d_ws)  # [N*K], back in (token, slot) order
+        d_act = d_act_w.mul_(ws[:, None])
         gate, up = h[:, :i], h[:, i:]
-        sig = torch.sigmoid(gate)
         d_h = torch.empty_like(h)  # [M, 2I]
-        torch.mul(d_act, gate * sig, out=d_h[:, i:])  # d up = d_act * silu(gate)
-        torch.mul(d_act * up, sig * (1 + gate * (1 - sig)), out=d_h[:, :i])  # d gate = d_act * up * silu'(gate)
+        torch.mul(d_act, silu_gate, out=d_h[:, i:])  # d up = d_act * silu(gate)
+        d_h[:, :i] = torch.ops.aten.silu_backward(d_act.mul_(up), gate)  # d gate = d_act * up * silu'(gate)
         d_xs = torch.empty_like(xs) if ctx.needs_input_grad[0] else None
-        d_gate_up = torch.zeros_like(gate_up) if ctx.needs_input_grad[1] else None
-        for e, s in _slices(counts):
+        d_gate_up = _zero_missing(torch.empty_like(gate_up), counts) if ctx.needs_input_grad[2] else None
+        for e, dh_e, w_e, x_e, dx_e in _runs(counts, d_h, gate_up, xs, xs if d_xs is None else d_xs):
             if d_xs is not None:
-                torch.mm(d_h[s], gate_up[e], out=d_xs[s])
+                torch.mm(dh_e, w_e, out=dx_e)
             if d_gate_up is not None:
-                torch.mm(d_h[s].t(), xs[s], out=d_gate_up[e])
-        return d_xs, d_gate_up, d_down, d_weights, None
+                torch.mm(dh_e.t(), x_e, out=d_gate_up[e])
+        d_x = None if d_xs is None else _sum_rows(d_xs, token, d_out.shape[0])
+        return d_x, d_w, d_gate_up, d_down, None, None, None
 
 
-def grouped_swiglu(xs: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, weights: torch.Tensor,
-                   counts: list[int]) -> torch.Tensor:
-    """See the module docstring; row r's output is scaled by weights[r]. Differentiable in all tensors."""
-    if sum(counts) != xs.shape[0]:
-        raise ValueError(f"counts cover {sum(counts)} rows but xs has {xs.shape[0]}")
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (xs, gate_up, down, weights)):
-        return _GroupedSwiGLU.apply(xs, gate_up, down, weights, counts)
+def _sum_rows(rows: torch.Tensor, token: torch.Tensor, n: int) -> torch.Tensor:
+    """[M, D] rows of tokens `token` [M] -> [N, D] per-token sums (fp32 accumulation for half inputs).
+    On CPU index_add_ is a plain accumulating loop, ~3x faster than gathering by the inverse permutation and
+    summing, and ~6x faster than index_put_(accumulate=True), the backward of x[token]."""
+    acc = torch.float32 if rows.dtype in (torch.bfloat16, torch.float16) else rows.dtype
+    return rows.new_zeros(n, rows.shape[1], dtype=acc).index_add_(0, token, rows.to(acc)).to(rows.dtype)
+
+
+def _padded(x, idx, w, gate_up, down, counts_t, cap):
+    """The few-rows formulation (no autograd): rows padded to [E, cap, D], one bmm per projection."""
+    n, k = idx.shape
+    e, i = gate_up.shape[0], down.shape[2]
+    flat = idx.flatten()  # [M]
+    order = flat.argsort(stable=True)
+    sorted_e = flat[order]
+    starts = counts_t.cumsum(0) - counts_t  # [E] first sorted row of each expert
+    rank = torch.arange(flat.numel(), device=idx.device) - starts[sorted_e]  # row's place within its expert
+    slot = torch.empty_like(order)
+    slot[order] = sorted_e * cap + rank  # padded slot of each (token, slot) pair
+    xp = x.new_zeros(e * cap, x.shape[1]).index_copy_(0, slot, x.repeat_interleave(k, 0))  # [E*cap, D]
+    wp = x.new_zeros(e * cap).index_copy_(0, slot, w.flatten())  # [E*cap]
+    h = torch.bmm(xp.view(e, cap, -1), gate_up.transpose(1, 2))  # [E, cap, 2I]
+    act = F.silu(h[..., :i]).mul_(h[..., i:]).mul_(wp.view(e, cap, 1))  # [E, cap, I]
+    yp = torch.bmm(act, down.transpose(1, 2)).view(e * cap, -1)  # [E*cap, D]
+    return yp.index_select(0, slot).view(n, k, -1).sum(1)  # K slots of each token (fp32 accumulation)
+
+
+def routed_swiglu(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, gate_up: torch.Tensor,
+                  down: torch.Tensor) -> torch.Tensor:
+    """See the module docstring. Differentiable in x, w, gate_up and down; idx are expert ids in [0, E)."""
+    n, k = idx.shape
+    if x.shape[0] != n or w.shape != idx.shape:
+        raise ValueError(f"x {tuple(x.shape)}, idx {tuple(idx.shape)} and w {tuple(w.shape)} must agree on N (and K)")
+    w = w.to(x.dtype)
+    flat = idx.flatten()
+    counts_t = torch.bincount(flat, minlength=gate_up.shape[0])  # [E] rows per expert
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, w, gate_up, down))
+    cap = int(counts_t.max())
+    if not grad and 0 < cap <= PADDED_MAX_ROWS and counts_t.numel() * cap <= PADDED_MAX_WASTE * flat.numel():
+        with torch.no_grad():
+            return _padded(x, idx, w, gate_up, down, counts_t, cap)
+    order = flat.argsort(stable=True)
+    counts = counts_t.tolist()
+    if grad:
+        return _RoutedSwiGLU.apply(x, w.flatten(), gate_up, down, order, counts, k)
     with torch.no_grad():
-        return _GroupedSwiGLU.forward(_NoCtx(), xs, gate_up, down, weights, counts)
+        return _RoutedSwiGLU.forward(_NoCtx(), x, w.flatten(), gate_up, down, order, counts, k)
 
 
 class _NoCtx:

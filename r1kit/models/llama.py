@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from r1kit.errors import UserError
+from r1kit.models.attention import SharedPrefix, attend
 from r1kit.models.causal_lm import CausalLM
 from r1kit.models.context import AttentionContext
 from r1kit.models.hf_config import HFConfig
@@ -95,7 +95,7 @@ class GQAttention(nn.Module):
         self.kv_cache: torch.Tensor | None = None  # [num_blocks, block_size, 2, Hkv, d], set by bind_kv_cache
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], ctx: AttentionContext | None,
-                mask: torch.Tensor | None) -> torch.Tensor:
+                mask: torch.Tensor | SharedPrefix | None) -> torch.Tensor:
         lead = x.shape[:-1]  # (B, T) or (T,)
         q, k, v = self.qkv_proj(x).view(*lead, -1, self.d).split([self.hq, self.hkv, self.hkv], dim=-2)
         if self.qk_norm:
@@ -112,7 +112,7 @@ class GQAttention(nn.Module):
         if self.hkv != self.hq:
             k = k.repeat_interleave(self.hq // self.hkv, dim=1)
             v = v.repeat_interleave(self.hq // self.hkv, dim=1)
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, scale=self.scale)
+        o = attend(q, k, v, mask, self.scale)  # [B, Hq, T, d]
         return self.o_proj(o.transpose(1, 2).flatten(2))  # [B, T, D]
 
     def hf_tensors(self, prefix: str) -> dict[str, torch.Tensor]:

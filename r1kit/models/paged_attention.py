@@ -4,11 +4,13 @@ Both functions first write the new tokens' keys/values into the cache at `ctx.sl
 over each sequence's whole context (cached prefix + new tokens); see r1kit/models/context.py for the layout.
 
 Two paths:
-- decode (a sequence bringing one new token): all such sequences are batched. Their blocks are gathered through
-  `block_tables` into one [B, L_max, ...] tensor, positions past `seq_lens` are masked, and one batched attention
-  runs over it (GQA: a fused SDPA call on strided K/V views, query heads grouped by kv head; MLA: two batched
-  matmuls over the latent); softmax runs in fp32.
-- prefill / chunked prefill (several new tokens): one scaled_dot_product_attention per sequence, with the causal
+- batched (decode: a sequence bringing one new token; also short chunks of at most BATCHED_MAX_NEW tokens, each
+  token a row of its own with its causal context length): all such rows are batched. Their blocks are gathered
+  through `block_tables` into one [N, L_max, ...] tensor, keys past each row's length are masked, and one
+  batched attention runs over it (GQA: a fused SDPA call on strided K/V views, query heads grouped by kv head; MLA: two batched
+  matmuls over the latent); softmax runs in fp32. The gather index and the mask are the same in every layer: the
+  first layer builds them and keeps them in `ctx.derived`.
+- prefill / chunked prefill (more new tokens): one scaled_dot_product_attention per sequence, with the causal
   diagonal shifted by the cached prefix length.
 A mixed step (decode tokens and prefill chunks together) uses both.
 
@@ -23,46 +25,98 @@ from uninitialised memory would poison them.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
 from r1kit.models.context import AttentionContext
 
 
-def _split(ctx: AttentionContext) -> tuple[list[int], list[int]]:
-    """Sequence indices with one new token (batched decode path) and with several (per-sequence prefill path)."""
-    dec = [b for b, n in enumerate(ctx.query_lens) if n == 1]
-    pre = [b for b, n in enumerate(ctx.query_lens) if n != 1]
-    return dec, pre
+BATCHED_MAX_NEW = 8  # chunks of at most this many new tokens may take the batched path, one row per token
+BATCHED_MIN_KEYS = 1 << 18  # ... as long as the padded gather stays within 2x the decode rows' gather or this many keys
 
 
-def _starts(ctx: AttentionContext) -> list[int]:
-    out, s = [], 0
+@dataclass
+class _Plan:
+    """How one step's flat batch splits into the two paths; the same for every layer, so built once per step.
+
+    The batched path has one row per query token: token i of a sequence with n new tokens and context length
+    seq_len is a row whose keys are the sequence's first seq_len - n + i + 1 tokens (causal). Decode tokens are
+    such rows, and so are short chunks (the samples of an n > 1 request joining after the shared prompt, forced
+    thinking-end tokens): their context is gathered once per token, which beats a per-sequence loop."""
+    pre: list[int]  # sequences with more new tokens (per-sequence prefill path)
+    starts: list[int]  # first flat row of each sequence
+    rows: torch.Tensor | None  # flat rows of the batched tokens; None when every row is one
+    blocks: torch.Tensor | None  # [N * nblk] block ids of each batched row's sequence, row-major
+    mask: torch.Tensor | None  # [N, nblk * block_size] bool: key j is visible to row r
+    bias: dict  # dtype -> [N, 1, nblk * block_size] additive mask (0 / -inf)
+
+
+def _plan(ctx: AttentionContext, device) -> _Plan:
+    plan = ctx.derived.get("paged_plan")
+    if plan is not None:
+        return plan
+    starts, s = [], 0
     for n in ctx.query_lens:
-        out.append(s)
+        starts.append(s)
         s += n
-    return out
+    qlens, lens_list = ctx.query_lens, ctx.seq_lens_list
+    dec = [b for b, n in enumerate(qlens) if n == 1]
+    batched = set(dec)
+    n_rows, width = len(dec), max((lens_list[b] for b in dec), default=0)
+    budget = max(2 * n_rows * width, BATCHED_MIN_KEYS)  # padded key slots the batched gather may hold
+    for b, n in enumerate(qlens):  # short chunks join while the duplicated context stays small
+        if 1 < n <= BATCHED_MAX_NEW and (n_rows + n) * max(width, lens_list[b]) <= budget:
+            batched.add(b)
+            n_rows, width = n_rows + n, max(width, lens_list[b])
+    pre, row_seq, row_ids, row_lens = [], [], [], []
+    for b, (n, seq_len) in enumerate(zip(qlens, lens_list)):
+        if b not in batched:
+            pre.append(b)
+            continue
+        for i in range(n):
+            row_seq.append(b)
+            row_ids.append(starts[b] + i)
+            row_lens.append(seq_len - n + i + 1)
+    rows = blocks = mask = None
+    if row_ids:
+        bs = ctx.block_size
+        nblk = (max(row_lens) + bs - 1) // bs
+        if not pre and len(row_ids) == ctx.num_seqs:  # decode only: one row per sequence
+            tables, lens = ctx.block_tables[:, :nblk], ctx.seq_lens
+        else:
+            tables = ctx.block_tables[torch.tensor(row_seq, device=device), :nblk]
+            lens = torch.tensor(row_lens, device=device)
+        if len(row_ids) != s:
+            rows = torch.tensor(row_ids, device=device)
+        blocks = tables.reshape(-1)
+        mask = torch.arange(nblk * bs, device=device)[None, :] < lens[:, None]  # [N, L]
+    plan = _Plan(pre, starts, rows, blocks, mask, {})
+    ctx.derived["paged_plan"] = plan
+    return plan
 
 
-def _gather(cache: torch.Tensor, ctx: AttentionContext, seqs: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Blocks of `seqs` as one padded tensor [B, L_max, *token_shape] plus the valid-key mask [B, L_max]."""
-    block_size = ctx.block_size
-    max_len = max(ctx.seq_lens_list[b] for b in seqs)
-    nblk = (max_len + block_size - 1) // block_size
-    idx = torch.tensor(seqs, device=cache.device) if len(seqs) != ctx.num_seqs else None
-    tables = ctx.block_tables[:, :nblk] if idx is None else ctx.block_tables[idx, :nblk]
-    lens = ctx.seq_lens if idx is None else ctx.seq_lens[idx]
-    kv = cache[tables]  # [B, nblk, block_size, *token_shape]
-    kv = kv.reshape(len(seqs), nblk * block_size, *cache.shape[2:])
-    mask = torch.arange(nblk * block_size, device=cache.device)[None, :] < lens[:, None]  # [B, L]
-    return kv, mask
+def _bias(plan: _Plan, dtype: torch.dtype) -> torch.Tensor:
+    """The batched rows' mask as an additive bias [N, 1, L] in `dtype` (0 for visible keys, -inf otherwise)."""
+    if dtype not in plan.bias:
+        m = plan.mask[:, None, :]
+        plan.bias[dtype] = torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill_(~m, float("-inf"))
+    return plan.bias[dtype]
+
+
+def _gather(cache: torch.Tensor, plan: _Plan) -> torch.Tensor:
+    """Each batched row's context as one padded tensor [N, L_max, *token_shape] (one index_select: whole blocks
+    are copied, several times faster on CPU than advanced indexing)."""
+    N, L = plan.mask.shape
+    return cache.index_select(0, plan.blocks).view(N, L, *cache.shape[2:])
 
 
 def _context(cache: torch.Tensor, ctx: AttentionContext, b: int) -> torch.Tensor:
     """The whole context of sequence b read from the cache: [L, *token_shape]."""
     seq_len = ctx.seq_lens_list[b]
     nblk = (seq_len + ctx.block_size - 1) // ctx.block_size
-    return cache[ctx.block_tables[b, :nblk]].reshape(-1, *cache.shape[2:])[:seq_len]
+    return cache.index_select(0, ctx.block_tables[b, :nblk]).reshape(-1, *cache.shape[2:])[:seq_len]
 
 
 def _causal_mask(n_new: int, seq_len: int, device) -> torch.Tensor | None:
@@ -81,13 +135,6 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_len: int, scale
     return out.transpose(0, 1)
 
 
-def _masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """fp32 softmax of scores [B, ..., L] over keys allowed by mask [B, L]."""
-    shape = (mask.shape[0],) + (1,) * (scores.dim() - 2) + (mask.shape[1],)
-    scores = scores.float().masked_fill(~mask.view(shape), float("-inf"))
-    return torch.softmax(scores, dim=-1)
-
-
 def gqa_paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: torch.Tensor,
                         ctx: AttentionContext, scale: float) -> torch.Tensor:
     """Grouped-query attention. q [T, Hq, D], k/v [T, Hkv, D], cache [num_blocks, block_size, 2, Hkv, D] -> [T, Hq, D]."""
@@ -97,17 +144,16 @@ def gqa_paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache
     flat = cache.view(-1, 2, Hkv, D)
     flat[ctx.slot_mapping] = torch.stack([k, v], dim=1).to(cache.dtype)
     out = torch.empty(T, Hq, v.shape[-1], dtype=q.dtype, device=q.device)
-    dec, pre = _split(ctx)
-    starts = _starts(ctx)
-    if dec:
-        rows = torch.tensor([starts[b] for b in dec], device=q.device) if len(dec) != T else None
-        qd = q if rows is None else q[rows]  # [B, Hq, D]
-        kv, mask = _gather(cache, ctx, dec)  # [B, L, 2, Hkv, D]: the one copy of the cached K/V
-        kk, vv = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)  # [B, Hkv, L, D] strided views
-        qg = qd.view(len(dec), Hkv, group, D).to(cache.dtype)  # query heads grouped by their kv head
+    plan = _plan(ctx, q.device)
+    pre, starts, rows = plan.pre, plan.starts, plan.rows
+    if plan.mask is not None:
+        qd = q if rows is None else q[rows]  # [N, Hq, D]
+        kv = _gather(cache, plan)  # [N, L, 2, Hkv, D]: the one copy of the cached K/V
+        kk, vv = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)  # [N, Hkv, L, D] strided views
+        qg = qd.view(qd.shape[0], Hkv, group, D).to(cache.dtype)  # query heads grouped by their kv head
         # one batched attention (fused kernel: softmax accumulated in fp32, strided K/V read without a copy)
-        o = F.scaled_dot_product_attention(qg, kk, vv, attn_mask=mask[:, None, None, :], scale=scale)
-        o = o.reshape(len(dec), Hq, -1).to(q.dtype)
+        o = F.scaled_dot_product_attention(qg, kk, vv, attn_mask=plan.mask[:, None, None, :], scale=scale)
+        o = o.reshape(qd.shape[0], Hq, -1).to(q.dtype)
         if rows is None:
             out = o
         else:
@@ -138,19 +184,21 @@ def mla_paged_attention(q_nope: torch.Tensor, q_pe: torch.Tensor, c_kv: torch.Te
     flat = cache.view(-1, cache.shape[-1])
     flat[ctx.slot_mapping] = torch.cat([c_kv, k_pe], dim=-1).to(cache.dtype)
     out = torch.empty(T, H, w_uv.shape[1], dtype=q_nope.dtype, device=q_nope.device)
-    dec, pre = _split(ctx)
-    starts = _starts(ctx)
-    if dec:
-        rows = torch.tensor([starts[b] for b in dec], device=q_nope.device) if len(dec) != T else None
+    plan = _plan(ctx, q_nope.device)
+    pre, starts, rows = plan.pre, plan.starts, plan.rows
+    if plan.mask is not None:
         qn = q_nope if rows is None else q_nope[rows]
         qp = q_pe if rows is None else q_pe[rows]
-        q_lat = torch.einsum("bhn,hnr->bhr", qn, w_uk)  # absorb W_UK: [B, H, R]
-        q_full = torch.cat([q_lat, qp], dim=-1).to(cache.dtype)  # [B, H, R + rope]
-        latent, mask = _gather(cache, ctx, dec)  # [B, L, R + rope]
-        scores = torch.matmul(q_full, latent.transpose(1, 2)) * scale  # [B, H, L], MQA over the latent
-        probs = _masked_softmax(scores, mask)
-        o_lat = torch.matmul(probs.to(latent.dtype), latent[:, :, :R])  # [B, H, R]
-        o = torch.einsum("bhr,hvr->bhv", o_lat.to(w_uv.dtype), w_uv).to(q_nope.dtype)  # absorb W_UV
+        # head-major batched matmuls ([H, N, .] views, no copies): absorb W_UK, then [q_lat | q_pe]
+        q_lat = torch.bmm(qn.transpose(0, 1), w_uk)  # [H, N, R]
+        q_full = torch.cat([q_lat, qp.transpose(0, 1)], dim=-1).to(cache.dtype).transpose(0, 1)  # [N, H, R + rope]
+        latent = _gather(cache, plan)  # [N, L, R + rope]
+        # MQA over the latent; scale and padding mask fused into the matmul: [N, H, L]
+        scores = torch.baddbmm(_bias(plan, cache.dtype), q_full, latent.transpose(1, 2), alpha=scale)
+        probs = torch.softmax(scores.float(), dim=-1).to(latent.dtype)
+        o_lat = torch.bmm(probs, latent[:, :, :R])  # [N, H, R]
+        o = torch.bmm(o_lat.transpose(0, 1).to(w_uv.dtype), w_uv.transpose(1, 2))  # absorb W_UV: [H, N, v]
+        o = o.transpose(0, 1).to(q_nope.dtype)  # [N, H, v]
         if rows is None:
             out = o
         else:

@@ -6,8 +6,9 @@ One optimizer step:
                 groups whose rewards are all equal are dropped and more prompts drawn until the share is full.
   2. advantage: group-relative (advantages.py), per completion; truncated completions masked if asked.
   3. train    : the engine's KV memory is released; num_iterations passes of micro-batched forward/backward of the
-                clipped objective (losses.py) against the rollout logprobs (num_iterations > 1) or the detached
-                current ones (== 1, as TRL), k3 KL to a frozen reference when beta > 0; clip, step, router bias.
+                clipped objective (losses.py; each prompt packed once with its completions, group_packing.py)
+                against the rollout logprobs (num_iterations > 1) or the detached current ones (== 1, as TRL),
+                k3 KL to a frozen reference when beta > 0; clip, step, router bias.
   4. log      : metrics.jsonl (+ samples.jsonl), checkpoints (checkpointing.py).
 Examples are dicts with "prompt" (a string or chat messages) plus whatever the rewards need; rewards are
 (completion_text, example) -> float callables with weights.
@@ -15,6 +16,7 @@ Examples are dicts with "prompt" (a string or chat messages) plus whatever the r
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -32,7 +34,8 @@ from r1kit.train.config import GRPOConfig
 from r1kit.train.distributed import (DistInfo, all_gather_objects, all_reduce_max, all_reduce_sum, barrier,
                                      full_model_for_saving, gather_for_inference, init_distributed,
                                      optimizer_state_for_saving, reshard, unwrap)
-from r1kit.train.losses import grpo_loss, token_logprobs
+from r1kit.train.group_packing import PackedGroups, pack_groups, packed_logprobs
+from r1kit.train.losses import grpo_loss
 from r1kit.train.rollout import EngineRollout, Sample
 from r1kit.train.task_data import prompt_ids
 from r1kit.train.run import (RunLog, aux_loss, autocast_context, checkpoint_due, find_resume_checkpoint, finish_run,
@@ -93,27 +96,10 @@ class PromptStream:
         return self.examples[order[pos]]
 
 
-def batch_tensors(samples: list[Sample], pad_id: int, device: torch.device):
-    """Samples -> ids [B, L] (prompt + completion, right-padded), mask [B, L-1] of completion targets, and the
-    rollout logprobs laid out on the same [B, L-1] grid (or None)."""
-    L = max(len(s.prompt_ids) + len(s.completion_ids) for s in samples)
-    ids = torch.full((len(samples), L), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(samples), L - 1)
-    old = torch.zeros(len(samples), L - 1)
-    have_old = all(s.logprobs is not None for s in samples)
-    for b, s in enumerate(samples):
-        P, C = len(s.prompt_ids), len(s.completion_ids)
-        ids[b, :P + C] = torch.tensor(s.prompt_ids + s.completion_ids)
-        mask[b, P - 1:P - 1 + C] = 1.0
-        if have_old and C:
-            old[b, P - 1:P - 1 + C] = torch.tensor(s.logprobs)
-    return ids.to(device), mask.to(device), (old.to(device) if have_old else None)
-
-
-def policy_logprobs(model, ids: torch.Tensor, temperature: float, device, dtype: str, with_entropy: bool = False):
+def policy_logprobs(model, batch: PackedGroups, temperature: float, device, dtype: str, with_entropy: bool = False):
+    """Completion-token logprobs [R*k, C] (and entropies) of a packed micro-batch, under the trainer's autocast."""
     with autocast_context(device, dtype):
-        logits = model(ids)                                              # [B, L, V]
-    return token_logprobs(logits[:, :-1], ids[:, 1:], temperature, with_entropy)
+        return packed_logprobs(model, batch, temperature, with_entropy)
 
 
 def train_grpo(model: str, out: str, cfg: GRPOConfig, tasks: list[str] = (), reward: str | None = None,
@@ -221,6 +207,9 @@ def _train_on(samples, adv, train_model, policy, ref, optimizer, scheduler, cfg:
     n_tok_local = float(sum(len(s.completion_ids) * k for s, k in zip(samples, keep.tolist())))
     n_seq, n_tok = all_reduce_sum([len(samples), n_tok_local], info).tolist()
     W = info.world_size
+    # micro-batches of whole packed rows: a row is one prompt + k of its completions (group_packing.py)
+    # (k divides micro_batch_size, and samples come in whole groups, so every micro-batch is whole rows)
+    k = math.gcd(cfg.num_generations, cfg.micro_batch_size)
     micro = [list(range(i, min(i + cfg.micro_batch_size, len(samples))))
              for i in range(0, len(samples), cfg.micro_batch_size)]
     # rollout-time logprobs are the "old" policy when several updates reuse a batch; with one update the ratio is
@@ -228,32 +217,32 @@ def _train_on(samples, adv, train_model, policy, ref, optimizer, scheduler, cfg:
     use_old = cfg.num_iterations > 1
     prepared = []
     for idx in micro:
-        ids, mask, old = batch_tensors([samples[i] for i in idx], pad_id, device)
-        mask = mask * keep[idx].to(device).unsqueeze(1)
+        batch = pack_groups([samples[i] for i in idx], k, pad_id, device)
+        mask, old = batch.mask * keep[idx].to(device).unsqueeze(1), batch.old_logprobs
         ref_lp = None
         if ref is not None:
             with torch.no_grad():
-                ref_lp, _ = policy_logprobs(ref, ids, cfg.temperature, device, cfg.dtype)
+                ref_lp, _ = policy_logprobs(ref, batch, cfg.temperature, device, cfg.dtype)
         if use_old and old is None:
             with torch.no_grad():
-                old, _ = policy_logprobs(unwrap(policy), ids, cfg.temperature, device, cfg.dtype)
-        prepared.append((ids, mask, old if use_old else None, ref_lp, adv[idx].to(device)))
+                old, _ = policy_logprobs(unwrap(policy), batch, cfg.temperature, device, cfg.dtype)
+        prepared.append((batch, mask, old if use_old else None, ref_lp, adv[idx].to(device)))
     acc = {"loss": 0.0, "clip_frac": 0.0, "clip_low": 0.0, "clip_high": 0.0, "kl": 0.0, "entropy": 0.0,
            "tokens": 0.0}
     grad_norm = 0.0
     lr = scheduler.get_last_lr()[0]
     for it in range(cfg.num_iterations):
-        for k, (ids, mask, old, ref_lp, a) in enumerate(prepared):
-            last = k == len(prepared) - 1
+        for j, (batch, mask, old, ref_lp, a) in enumerate(prepared):
+            last = j == len(prepared) - 1
             ctx = train_model.no_sync() if (not last and hasattr(train_model, "no_sync")) else contextlib.nullcontext()
             with ctx:
-                logp, ent = policy_logprobs(train_model, ids, cfg.temperature, device, cfg.dtype,
+                logp, ent = policy_logprobs(train_model, batch, cfg.temperature, device, cfg.dtype,
                                             with_entropy=(it == 0))
                 out = grpo_loss(logp, a, mask, old_logp=old, ref_logp=ref_lp, loss_type=cfg.loss_type,
                                 eps_low=cfg.eps_low, eps_high=cfg.eps_high, beta=cfg.beta,
                                 max_completion_length=cfg.max_completion_length, entropy=ent,
                                 num_sequences=n_seq / W, num_tokens=max(n_tok, 1.0) / W)
-                (out.loss + aux_loss(policy) * (ids.shape[0] / len(samples))).backward()
+                (out.loss + aux_loss(policy) * (len(a) / len(samples))).backward()
             if it == 0:
                 t = out.num_tokens
                 acc["loss"] += float(out.loss.detach()) / W

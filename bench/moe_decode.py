@@ -1,0 +1,83 @@
+"""Routed experts at decode-sized batches: r1kit's `routed_swiglu` vs transformers' DeepseekV3Experts.
+
+In a decode step of B sequences the MoE layers see N = B tokens, i.e. N*K/E rows per expert (8 for 64 sequences
+of the small preset: 64 experts, top-8). r1kit then pads the rows into [E, cap, D] and runs one bmm per projection
+(`r1kit/models/grouped_experts.py`); "r1kit grouped" forces its per-expert-mm formulation (the one used for
+training and prefill) to show what the padded path buys. transformers runs its default experts implementation on
+the same weights (the saved r1kit model) and the same routing. All MoE layers of the model are timed in turn, the
+implementations alternate, inference mode, median of the repeats.
+
+    python3 bench/moe_decode.py --threads 2 --tokens 8 64 256
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+import torch
+
+import r1kit.models.grouped_experts as ge
+from r1kit.models.checkpoint import save_model
+from r1kit.models.random_checkpoint import preset_config
+from r1kit.models.registry import build_model
+
+
+def _grouped(*args):
+    saved, ge.PADDED_MAX_ROWS = ge.PADDED_MAX_ROWS, 0
+    try:
+        return ge.routed_swiglu(*args)
+    finally:
+        ge.PADDED_MAX_ROWS = saved
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="small")
+    p.add_argument("--tokens", type=int, nargs="+", default=[8, 64, 256])
+    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    import transformers
+
+    config = preset_config("deepseek_v3", args.preset, vocab_size=1024)
+    ours = build_model(config, device="cpu", seed=0).eval()
+    with tempfile.TemporaryDirectory() as d:
+        save_model(ours, d)
+        hf = transformers.AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
+    layers = [(a.mlp, b.mlp.experts) for a, b in zip(ours.model.layers, hf.model.layers) if hasattr(a.mlp, "gate")]
+    impls = {
+        "r1kit": lambda moe, hf_experts, x, idx, w: ge.routed_swiglu(x, idx, w, moe.experts.gate_up, moe.experts.down),
+        "r1kit grouped": lambda moe, hf_experts, x, idx, w: _grouped(x, idx, w, moe.experts.gate_up, moe.experts.down),
+        "transformers": lambda moe, hf_experts, x, idx, w: hf_experts(x, idx, w),
+    }
+    print(f"[{args.preset}] {len(layers)} MoE layers, {config.n_routed_experts} experts (top-"
+          f"{config.num_experts_per_tok}), hidden {config.hidden_size}, {args.threads} threads; ms per token batch "
+          f"through all MoE layers' routed experts (median of {args.repeats})")
+    g = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        for n in args.tokens:
+            x = 0.5 * torch.randn(n, config.hidden_size, generator=g)
+            routes = [moe.gate(x)[:2] for moe, _ in layers]
+            outs = {k: [f(moe, h, x, i, w) for (moe, h), (i, w) in zip(layers, routes)] for k, f in impls.items()}
+            diff = max((a - b).abs().max().item() for k in impls for a, b in zip(outs[k], outs["r1kit"]))
+            times = {k: [] for k in impls}
+            for _ in range(args.repeats):
+                for k, f in impls.items():
+                    t0 = time.perf_counter()
+                    for (moe, h), (i, w) in zip(layers, routes):
+                        f(moe, h, x, i, w)
+                    times[k].append(time.perf_counter() - t0)
+            ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+            cap = max(int(torch.bincount(i.flatten()).max()) for i, _ in routes)
+            print(f"  {n:5d} tokens (most rows on one expert: {cap:3d}): " +
+                  "  ".join(f"{k} {v:6.2f}" for k, v in ms.items()) +
+                  f"   grouped/r1kit {ms['r1kit grouped'] / ms['r1kit']:.2f}x, "
+                  f"transformers/r1kit {ms['transformers'] / ms['r1kit']:.2f}x   max |diff| {diff:.1e}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
