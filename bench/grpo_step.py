@@ -2,7 +2,8 @@
 
 Same Hugging Face-layout checkpoint (a random r1kit preset, loadable by transformers), the same countdown prompts and
 reward (r1kit.rewards accuracy + format), G=8 completions for 8 prompts per step, max_completion_length 128, one
-policy update per batch (num_iterations 1), beta 0, temperature 1: seconds per optimizer step for each, and the ratio.
+policy update per batch (num_iterations 1), beta 0, temperature 1, fp32, no gradient checkpointing on either side
+(TRL's default turns it on; --trl-gradient-checkpointing measures that): seconds per optimizer step, and the ratio.
 The first step of each is a warm-up and is not counted.
 SFT: tokens/s of `r1kit train sft` vs a plain transformers loop (AutoModelForCausalLM, AdamW, labels masked to the
 completion) over the same packed rows.
@@ -51,7 +52,8 @@ def bench_r1kit_grpo(model: str, steps: int, root: Path, g: int, prompts: int, m
     return [r["step_time"] for r in rows[1:]]
 
 
-def bench_trl_grpo(model: str, steps: int, root: Path, g: int, prompts: int, max_len: int) -> list[float]:
+def bench_trl_grpo(model: str, steps: int, root: Path, g: int, prompts: int, max_len: int,
+                   gradient_checkpointing: bool = False) -> list[float]:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -80,7 +82,7 @@ def bench_trl_grpo(model: str, steps: int, root: Path, g: int, prompts: int, max
                       gradient_accumulation_steps=1, max_completion_length=max_len, num_iterations=1, beta=0.0,
                       temperature=1.0, learning_rate=1e-6, max_steps=steps + 1, logging_steps=1, save_strategy="no",
                       report_to=[], use_cpu=True, bf16=False, seed=0, use_vllm=False, dataloader_num_workers=0,
-                      disable_tqdm=True)
+                      disable_tqdm=True, gradient_checkpointing=gradient_checkpointing)
     tok = AutoTokenizer.from_pretrained(model)
     trainer = GRPOTrainer(model=AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32),
                           reward_funcs=reward_fn, args=args, train_dataset=data, processing_class=tok,
@@ -144,6 +146,9 @@ def main() -> None:
     p.add_argument("--skip-trl", action="store_true")
     p.add_argument("--skip-sft", action="store_true")
     p.add_argument("--skip-grpo", action="store_true")
+    p.add_argument("--trl-gradient-checkpointing", action="store_true",
+                   help="run TRL with its default gradient checkpointing (recomputes the forward: slower); by default "
+                        "it is off, like r1kit, so both do the same work")
     a = p.parse_args()
     torch.manual_seed(0)
     g, prompts, max_len = 8, 8, 128
@@ -156,8 +161,9 @@ def main() -> None:
             ours = bench_r1kit_grpo(model, a.steps, root, g, prompts, max_len)
             print(f"r1kit GRPO: {statistics.median(ours):.2f} s/step  {[round(x, 2) for x in ours]}", flush=True)
         if not a.skip_trl and not a.skip_grpo:
-            theirs = bench_trl_grpo(model, a.steps, root, g, prompts, max_len)
-            print(f"TRL GRPOTrainer: {statistics.median(theirs):.2f} s/step  {[round(x, 2) for x in theirs]}")
+            theirs = bench_trl_grpo(model, a.steps, root, g, prompts, max_len, a.trl_gradient_checkpointing)
+            print(f"TRL GRPOTrainer (gradient_checkpointing={a.trl_gradient_checkpointing}): "
+                  f"{statistics.median(theirs):.2f} s/step  {[round(x, 2) for x in theirs]}")
             print(f"GRPO speed-up r1kit vs TRL: {statistics.median(theirs) / statistics.median(ours):.1f}x", flush=True)
         if not a.skip_sft:
             ours_sft = bench_r1kit_sft(model, root, 10, 8, 512)

@@ -67,7 +67,35 @@ def bench(preset: str, batch: int, seq: int, steps: int, dtype: torch.dtype) -> 
         ratio = "" if name == "r1kit" else (f"   r1kit/this: {tps['r1kit'] / tps[name]:.2f}x wall, "
                                             f"{tpc['r1kit'] / tpc[name]:.2f}x cpu")
         print(f"  {name:28s} {tps[name]:7.0f} tokens/s  {tpc[name]:7.0f} tokens/cpu-s{ratio}")
+    floor = flop_floor(ours, ids, dtype)
+    step = {k: v / steps for k, v in wall.items()}
+    print(f"  matmul floor: {floor['gflop']:.1f} GFLOP per step (matmuls + attention, forward and backward) at this "
+          f"machine's best measured GEMM rate ({floor['gflops']:.0f} GFLOP/s) = {floor['seconds'] * 1e3:.0f} ms; "
+          f"r1kit {step['r1kit'] * 1e3:.0f} ms = {floor['seconds'] / step['r1kit']:.0%} of peak. No implementation "
+          f"can beat this floor: largest possible ratio vs "
+          + ", ".join(f"{k} = {v / floor['seconds']:.2f}x" for k, v in step.items() if k != "r1kit"))
     return tps
+
+
+def flop_floor(model, ids: torch.Tensor, dtype: torch.dtype) -> dict[str, float]:
+    """FLOPs of one r1kit training step (counted by torch's FlopCounterMode: mm, bmm, attention, forward and
+    backward) and the time they take at the best GEMM rate measured here: a lower bound on any step's time."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        _step(model, ids, False)
+    flops = counter.get_total_flops()
+    best = 0.0
+    for m, k, n in ((2048, 2048, 2048), (1024, 256, 1024), (8192, 256, 128)):
+        a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+        torch.mm(a, b)
+        reps = max(3, int(2e10 / (2 * m * k * n)))
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            torch.mm(a, b)
+        best = max(best, 2 * m * k * n * reps / (time.perf_counter() - t0))
+    return {"gflop": flops / 1e9, "gflops": best / 1e9, "seconds": flops / best}
 
 
 def main(argv: list[str] | None = None) -> int:
