@@ -306,3 +306,19 @@ def test_aux_loss_only_in_training_and_has_gradient():
     assert 0.5 * 0.01 * n_moe < aux.item() < 2.0 * 0.01 * n_moe
     aux.backward()
     assert model.moe_layers()[0].gate.weight.grad.abs().sum() > 0
+
+
+def test_balance_statistics_skip_padding_tokens():
+    """A MoE layer told which tokens are padding counts loads and the balance loss over the real tokens only."""
+    cfg = preset_config("deepseek_v3", "tiny", vocab_size=64, aux_loss_alpha=0.01)
+    moe = build_model(cfg, device="cpu", seed=0).train().moe_layers()[0]
+    x = torch.randn(2, 6, cfg.hidden_size)
+    moe(x[:, :4])                                    # reference: only the 4 real tokens of each row
+    load, aux = moe.load.clone(), moe.last_aux_loss.detach().clone()
+    moe.load = None
+    moe(x, torch.tensor([[1, 1, 1, 1, 0, 0]] * 2))   # the same rows right-padded by 2 tokens
+    assert torch.equal(moe.load, load) and load.sum() == 2 * 4 * cfg.num_experts_per_tok
+    assert torch.allclose(moe.last_aux_loss, aux, atol=1e-7)
+    moe.load = None
+    moe(x)                                           # without a mask the padding counts
+    assert moe.load.sum() == 2 * 6 * cfg.num_experts_per_tok

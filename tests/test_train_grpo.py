@@ -108,12 +108,14 @@ def test_truncated_completions_are_masked_and_dynamic_sampling_drops_flat_groups
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_match_one_process(tiny_checkpoint, tmp_path):
+@pytest.mark.parametrize("model_type,fsdp", [("qwen2", False), ("deepseek_v3", True)])
+def test_torchrun_two_processes_match_one_process(tiny_checkpoint, tmp_path, model_type, fsdp):
     """Same global batch (4 prompts x 4 completions) on 1 and 2 processes: rollouts are seeded per prompt, so both
-    layouts sample the same completions and must reach the same parameters."""
+    layouts sample the same completions and must reach the same parameters -- for the MoE model also the same
+    router biases, whose updates must use the load summed over ranks."""
     from safetensors.torch import load_file
 
-    model = tiny_checkpoint("qwen2")
+    model = tiny_checkpoint(model_type)
     script = tmp_path / "grpo_run.py"
     script.write_text(textwrap.dedent(f"""
         import sys
@@ -125,7 +127,8 @@ def test_torchrun_two_processes_match_one_process(tiny_checkpoint, tmp_path):
 
         examples = [{{"prompt": [{{"role": "user", "content": f"Count to {{i}}."}}]}} for i in range(16)]
         cfg = GRPOConfig(num_generations=4, prompts_per_step=4, max_completion_length=10, lr=1e-3, max_steps=3,
-                         lr_schedule="constant", micro_batch_size=32, sample_every=0, seed=0)
+                         lr_schedule="constant", micro_batch_size=32, sample_every=0, seed=0,
+                         fsdp={fsdp} and len(sys.argv) > 2)
         train_grpo({model!r}, sys.argv[1], cfg, examples=examples,
                    rewards=[WeightedReward("digits", digit_fraction, 1.0)])
     """))
@@ -135,7 +138,8 @@ def test_torchrun_two_processes_match_one_process(tiny_checkpoint, tmp_path):
            "PYTHONPATH": os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])}
     subprocess.run([sys.executable, str(script), str(tmp_path / "one")], check=True, env=env, capture_output=True)
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-                        "29617", str(script), str(tmp_path / "two")], env=env, capture_output=True, text=True)
+                        str(29617 + fsdp), str(script), str(tmp_path / "two"), "distributed"], env=env,
+                       capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     one, two = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
     for a, b in zip(one, two):

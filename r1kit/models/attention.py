@@ -35,6 +35,7 @@ class SharedPrefix:
     group_size: int                # G: completions per row
     completion_len: int            # C
     prefix_valid: torch.Tensor     # [Ng, P] bool: False on the prompt's left padding
+    token_mask: torch.Tensor | None = None  # [Ng, L] 1 on real tokens (MoE balance statistics skip padding)
 
     def __post_init__(self) -> None:
         ng, p = self.prefix_valid.shape

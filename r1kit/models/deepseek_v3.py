@@ -16,6 +16,8 @@ Training-only balancing (both off in eval mode):
   the optimizer step: b_e += gamma * sign(mean_load - load_e), gamma = config.bias_update_speed (V3: 0.001).
 - sequence-wise balance loss: `model.aux_loss()` after a training forward = sum over MoE layers of
   alpha * sum_e f_e * P_e (alpha = config.aux_loss_alpha, 1e-4 by default); add it to the loss yourself.
+Both count real tokens only when the training forward says which are padding (GRPO's packed rows do, through
+`SharedPrefix.token_mask`); the trainers sum the loads over ranks before the bias update.
 """
 from __future__ import annotations
 
@@ -203,25 +205,30 @@ class MoE(nn.Module):
         self.load: torch.Tensor | None = None  # [E] tokens routed to each expert since the last bias update
         self.last_aux_loss: torch.Tensor | None = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, T, D] or [T, D]; token_mask [B, T] (1 = real token) keeps padding out of the balance statistics."""
         flat = x.reshape(-1, x.shape[-1])  # [N, D]
         idx, w, scores = self.gate(flat)
         if self.training:
-            self._balance_stats(x, idx, scores)
+            self._balance_stats(x, idx, scores, token_mask)
         return self.experts(flat, idx, w).view_as(x) + self.shared_experts(x)
 
-    def _balance_stats(self, x: torch.Tensor, idx: torch.Tensor, scores: torch.Tensor) -> None:
+    def _balance_stats(self, x: torch.Tensor, idx: torch.Tensor, scores: torch.Tensor,
+                       token_mask: torch.Tensor | None) -> None:
         e, k = self.gate.e, self.gate.k
-        counts = torch.bincount(idx.flatten(), minlength=e).float()
+        b, t = (1, x.shape[0]) if x.dim() == 2 else x.shape[:2]  # sequences of the batch
+        valid = (torch.ones(b, t, device=x.device) if token_mask is None
+                 else token_mask.reshape(b, t).to(device=x.device, dtype=torch.float32))  # [B, T]
+        slot_w = valid.reshape(-1, 1).expand(-1, k).reshape(b, t * k)  # [B, T*K]: each routed slot's weight
+        counts = torch.bincount(idx.flatten(), weights=slot_w.flatten(), minlength=e).float()
         self.load = counts if self.load is None else self.load + counts
         if self.alpha <= 0:
             self.last_aux_loss = None
             return
-        b, t = (1, x.shape[0]) if x.dim() == 2 else x.shape[:2]  # sequences of the batch
-        probs = (scores / scores.sum(-1, keepdim=True)).view(b, t, e).mean(1)  # P_e per sequence [B, E]
-        per_seq = torch.zeros(b, e, device=x.device).scatter_add_(1, idx.view(b, t * k), torch.ones(b, t * k,
-                                                                                                    device=x.device))
-        f = per_seq * (e / (k * t))  # [B, E]
+        n = valid.sum(1, keepdim=True).clamp(min=1.0)  # real tokens per sequence [B, 1]
+        probs = ((scores / scores.sum(-1, keepdim=True)).view(b, t, e) * valid[..., None]).sum(1) / n  # P_e [B, E]
+        per_seq = torch.zeros(b, e, device=x.device).scatter_add_(1, idx.view(b, t * k), slot_w)
+        f = per_seq * (e / k) / n  # [B, E]
         self.last_aux_loss = self.alpha * (f * probs).sum(-1).mean()
 
     @torch.no_grad()
@@ -242,7 +249,10 @@ class DecoderLayer(nn.Module):
 
     def forward(self, h, rope, ctx, mask):
         h = h + self.self_attn(self.input_layernorm(h), rope, ctx, mask)
-        return h + self.mlp(self.post_attention_layernorm(h))
+        x = self.post_attention_layernorm(h)
+        if isinstance(self.mlp, MoE):  # packed rows say which tokens are padding (balance statistics skip them)
+            return h + self.mlp(x, getattr(mask, "token_mask", None))
+        return h + self.mlp(x)
 
 
 class DeepseekV3ForCausalLM(CausalLM):

@@ -65,8 +65,10 @@ def pack_groups(samples: list, row_size: int, pad_id: int, device: torch.device)
     # completion i of a row: token 0 is predicted by the prompt's last column, token c by column P + i*C + c - 1
     col = P + torch.arange(k)[:, None] * C + torch.arange(C)[None, :] - 1   # [k, C]
     col[:, 0] = P - 1
+    token_mask = torch.cat([valid.float(), mask.view(R, k * C)], dim=1)   # [R, L]
     return PackedGroups(ids.to(device), positions.to(device),
-                        SharedPrefix(P, k, C, valid.to(device)), col.flatten().expand(R, -1).to(device),
+                        SharedPrefix(P, k, C, valid.to(device), token_mask.to(device)),
+                        col.flatten().expand(R, -1).to(device),
                         targets.to(device), mask.to(device), old.to(device) if have_old else None)
 
 

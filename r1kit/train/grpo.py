@@ -177,7 +177,7 @@ def train_grpo(model: str, out: str, cfg: GRPOConfig, tasks: list[str] = (), rew
         # ---- 2./3. train -----------------------------------------------------------------------------------
         t1 = time.perf_counter()
         stats = _train_on(samples, adv, train_model, policy, ref, optimizer, scheduler, cfg, info, pad_id)
-        router_bias_update(unwrap(policy), cfg.router_bias_gamma)
+        router_bias_update(unwrap(policy), cfg.router_bias_gamma, info)
         if ref is not None and cfg.ref_refresh_steps and (step + 1) % cfg.ref_refresh_steps == 0:
             ref.load_state_dict(unwrap(policy).state_dict())
         t_train = time.perf_counter() - t1

@@ -200,7 +200,7 @@ def train_sft(model: str, out: str, cfg: SFTConfig, data: list[str] = (), tasks:
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        router_bias_update(unwrap(policy), cfg.router_bias_gamma)
+        router_bias_update(unwrap(policy), cfg.router_bias_gamma, info)
         dt = timer.lap()
         all_tokens = float(all_reduce_sum([sum(int((inp != pad_id).sum()) for inp, _, _ in micro)], info)[0])
         loss_mean = float(all_reduce_sum([loss_sum], info)[0]) / max(total_tokens, 1.0)
