@@ -135,6 +135,14 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_len: int, scale
     return out.transpose(0, 1)
 
 
+def _place(out: torch.Tensor, o: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    """The batched path's output `o` as rows `rows` of `out` (rows None: it is all of out)."""
+    if rows is None:
+        return o
+    out[rows] = o
+    return out
+
+
 def gqa_paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: torch.Tensor,
                         ctx: AttentionContext, scale: float) -> torch.Tensor:
     """Grouped-query attention. q [T, Hq, D], k/v [T, Hkv, D], cache [num_blocks, block_size, 2, Hkv, D] -> [T, Hq, D]."""
@@ -153,11 +161,7 @@ def gqa_paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache
         qg = qd.view(qd.shape[0], Hkv, group, D).to(cache.dtype)  # query heads grouped by their kv head
         # one batched attention (fused kernel: softmax accumulated in fp32, strided K/V read without a copy)
         o = F.scaled_dot_product_attention(qg, kk, vv, attn_mask=plan.mask[:, None, None, :], scale=scale)
-        o = o.reshape(qd.shape[0], Hq, -1).to(q.dtype)
-        if rows is None:
-            out = o
-        else:
-            out[rows] = o
+        out = _place(out, o.reshape(qd.shape[0], Hq, -1).to(q.dtype), rows)
     for b in pre:
         s, n, seq_len = starts[b], ctx.query_lens[b], ctx.seq_lens_list[b]
         if n == seq_len:  # nothing cached: the new keys are the whole context
@@ -198,11 +202,7 @@ def mla_paged_attention(q_nope: torch.Tensor, q_pe: torch.Tensor, c_kv: torch.Te
         probs = torch.softmax(scores.float(), dim=-1).to(latent.dtype)
         o_lat = torch.bmm(probs, latent[:, :, :R])  # [N, H, R]
         o = torch.bmm(o_lat.transpose(0, 1).to(w_uv.dtype), w_uv.transpose(1, 2))  # absorb W_UV: [H, N, v]
-        o = o.transpose(0, 1).to(q_nope.dtype)  # [N, H, v]
-        if rows is None:
-            out = o
-        else:
-            out[rows] = o
+        out = _place(out, o.transpose(0, 1).to(q_nope.dtype), rows)  # [N, H, v] rows of out
     for b in pre:
         s, n, seq_len = starts[b], ctx.query_lens[b], ctx.seq_lens_list[b]
         if n == seq_len:

@@ -132,23 +132,22 @@ def load_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimize
                              options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
 
 
-def all_reduce_sum(values: list[float] | torch.Tensor, info: DistInfo) -> torch.Tensor:
-    """Sum a small vector of numbers over ranks (returned as a float64 CPU tensor)."""
+def _all_reduce(values: list[float] | torch.Tensor, info: DistInfo, op) -> torch.Tensor:
+    """Reduce a small vector of numbers over ranks with `op` (returned as a float64 CPU tensor)."""
     t = torch.as_tensor(values, dtype=torch.float64).clone()
     if info.enabled:
         dev_t = t.to(info.device) if info.device.type == "cuda" else t
-        dist.all_reduce(dev_t, op=dist.ReduceOp.SUM)
+        dist.all_reduce(dev_t, op=op)
         t = dev_t.cpu()
     return t
+
+
+def all_reduce_sum(values: list[float] | torch.Tensor, info: DistInfo) -> torch.Tensor:
+    return _all_reduce(values, info, dist.ReduceOp.SUM)
 
 
 def all_reduce_max(values: list[float] | torch.Tensor, info: DistInfo) -> torch.Tensor:
-    t = torch.as_tensor(values, dtype=torch.float64).clone()
-    if info.enabled:
-        dev_t = t.to(info.device) if info.device.type == "cuda" else t
-        dist.all_reduce(dev_t, op=dist.ReduceOp.MAX)
-        t = dev_t.cpu()
-    return t
+    return _all_reduce(values, info, dist.ReduceOp.MAX)
 
 
 def all_gather_objects(obj, info: DistInfo) -> list:

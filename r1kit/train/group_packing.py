@@ -57,11 +57,11 @@ def pack_groups(samples: list, row_size: int, pad_id: int, device: torch.device)
         for i, s in enumerate(row):
             m, b = len(s.completion_ids), r * k + i
             if m:
-                ids[r, P + i * C:P + i * C + m] = torch.tensor(s.completion_ids)
                 targets[b, :m] = torch.tensor(s.completion_ids)
                 mask[b, :m] = 1.0
                 if have_old:
                     old[b, :m] = torch.tensor(s.logprobs)
+    ids[:, P:] = targets.view(R, k * C)      # a row's completion slots are its completions' targets, in order
     # completion i of a row: token 0 is predicted by the prompt's last column, token c by column P + i*C + c - 1
     col = P + torch.arange(k)[:, None] * C + torch.arange(C)[None, :] - 1   # [k, C]
     col[:, 0] = P - 1
