@@ -2,8 +2,10 @@
 
 Same Hugging Face-layout checkpoint (a random r1kit preset, loadable by transformers), the same countdown prompts and
 reward (r1kit.rewards accuracy + format), G=8 completions for 8 prompts per step, max_completion_length 128, one
-policy update per batch (num_iterations 1), beta 0, temperature 1, fp32, no gradient checkpointing on either side
+policy update per batch (num_iterations 1), beta 0, temperature 1, no gradient checkpointing on either side
 (TRL's default turns it on; --trl-gradient-checkpointing measures that): seconds per optimizer step, and the ratio.
+Precision: --dtype float32 (default) on both sides, or --dtype bf16: bf16 autocast over fp32 weights on both sides
+(TRL's default, bf16=True; r1kit's dtype=bf16 -- worth it on CPUs with AVX512-BF16/AMX).
 The first step of each is a warm-up and is not counted.
 SFT: tokens/s of `r1kit train sft` vs a plain transformers loop (AutoModelForCausalLM, AdamW, labels masked to the
 completion) over the same packed rows.
@@ -36,13 +38,14 @@ def make_checkpoint(model_type: str, preset: str, root: Path) -> str:
     return str(out)
 
 
-def bench_r1kit_grpo(model: str, steps: int, root: Path, g: int, prompts: int, max_len: int) -> list[float]:
+def bench_r1kit_grpo(model: str, steps: int, root: Path, g: int, prompts: int, max_len: int,
+                     dtype: str = "float32") -> list[float]:
     from r1kit.train.config import GRPOConfig
     from r1kit.train.grpo import train_grpo
 
     cfg = GRPOConfig(num_generations=g, prompts_per_step=prompts, max_completion_length=max_len, max_steps=steps + 1,
                      micro_batch_size=16, beta=0.0, num_iterations=1, temperature=1.0, lr=1e-6, sample_every=0,
-                     max_prompt_length=256)
+                     max_prompt_length=256, dtype=dtype)
     out = root / "r1kit-grpo"
     train_grpo(model, str(out), cfg, tasks=[TASK], reward=REWARD)
     rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
@@ -53,7 +56,7 @@ def bench_r1kit_grpo(model: str, steps: int, root: Path, g: int, prompts: int, m
 
 
 def bench_trl_grpo(model: str, steps: int, root: Path, g: int, prompts: int, max_len: int,
-                   gradient_checkpointing: bool = False) -> list[float]:
+                   gradient_checkpointing: bool = False, dtype: str = "float32") -> list[float]:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -81,7 +84,7 @@ def bench_trl_grpo(model: str, steps: int, root: Path, g: int, prompts: int, max
     args = GRPOConfig(output_dir=str(root / "trl"), num_generations=g, per_device_train_batch_size=g * prompts,
                       gradient_accumulation_steps=1, max_completion_length=max_len, num_iterations=1, beta=0.0,
                       temperature=1.0, learning_rate=1e-6, max_steps=steps + 1, logging_steps=1, save_strategy="no",
-                      report_to=[], use_cpu=True, bf16=False, seed=0, use_vllm=False, dataloader_num_workers=0,
+                      report_to=[], use_cpu=True, bf16=dtype == "bf16", seed=0, use_vllm=False, dataloader_num_workers=0,
                       disable_tqdm=True, gradient_checkpointing=gradient_checkpointing)
     tok = AutoTokenizer.from_pretrained(model)
     trainer = GRPOTrainer(model=AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32),
@@ -100,18 +103,19 @@ def sft_rows(model: str, n: int, seq_len: int):
     return pack(cold_start_examples(tok, [TASK], n, 0), seq_len, 0), tok
 
 
-def bench_r1kit_sft(model: str, root: Path, steps: int, batch: int, seq_len: int) -> float:
+def bench_r1kit_sft(model: str, root: Path, steps: int, batch: int, seq_len: int, dtype: str = "float32") -> float:
     from r1kit.train.config import SFTConfig
     from r1kit.train.sft import train_sft
 
     out = root / "r1kit-sft"
-    cfg = SFTConfig(max_steps=steps + 1, batch_size=batch, max_seq_len=seq_len, num_examples=200, lr=1e-4)
+    cfg = SFTConfig(max_steps=steps + 1, batch_size=batch, max_seq_len=seq_len, num_examples=200, lr=1e-4,
+                    dtype=dtype)
     train_sft(model, str(out), cfg, tasks=[TASK])
     rows = [json.loads(line) for line in open(out / "metrics.jsonl")][1:]
     return sum(r["tokens_per_s"] * r["step_time"] for r in rows) / sum(r["step_time"] for r in rows)
 
 
-def bench_hf_sft(model: str, steps: int, batch: int, seq_len: int) -> float:
+def bench_hf_sft(model: str, steps: int, batch: int, seq_len: int, dtype: str = "float32") -> float:
     from transformers import AutoModelForCausalLM
 
     from r1kit.train.sft import collate
@@ -123,11 +127,12 @@ def bench_hf_sft(model: str, steps: int, batch: int, seq_len: int) -> float:
     tokens, elapsed = 0, 0.0
     for step in range(steps + 1):
         idx = [(step * batch + i) % len(rows) for i in range(batch)]
-        inp, tgt, msk = collate([rows[i] for i in idx], tok.pad_token_id)
+        inp, tgt, msk, _ = collate([rows[i] for i in idx], tok.pad_token_id)
         labels = torch.cat([inp[:, :1], tgt], 1).masked_fill(torch.cat([torch.zeros_like(msk[:, :1]), msk], 1) == 0, -100)
         ids = torch.cat([inp, tgt[:, -1:]], 1)
         t = time.perf_counter()
-        loss = m(input_ids=ids, labels=labels).loss
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
+            loss = m(input_ids=ids, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
         opt.step()
@@ -149,6 +154,8 @@ def main() -> None:
     p.add_argument("--trl-gradient-checkpointing", action="store_true",
                    help="run TRL with its default gradient checkpointing (recomputes the forward: slower); by default "
                         "it is off, like r1kit, so both do the same work")
+    p.add_argument("--dtype", choices=["float32", "bf16"], default="float32",
+                   help="bf16: autocast over fp32 weights on both sides (TRL's default bf16=True)")
     a = p.parse_args()
     torch.manual_seed(0)
     g, prompts, max_len = 8, 8, 128
@@ -156,18 +163,18 @@ def main() -> None:
         root = Path(tmp)
         model = make_checkpoint(a.model_type, a.preset, root)
         print(f"model {a.model_type}-{a.preset}, torch threads {torch.get_num_threads()}, "
-              f"G={g}, prompts/step={prompts}, max_completion_length={max_len}", flush=True)
+              f"G={g}, prompts/step={prompts}, max_completion_length={max_len}, {a.dtype}", flush=True)
         if not a.skip_grpo:
-            ours = bench_r1kit_grpo(model, a.steps, root, g, prompts, max_len)
+            ours = bench_r1kit_grpo(model, a.steps, root, g, prompts, max_len, a.dtype)
             print(f"r1kit GRPO: {statistics.median(ours):.2f} s/step  {[round(x, 2) for x in ours]}", flush=True)
         if not a.skip_trl and not a.skip_grpo:
-            theirs = bench_trl_grpo(model, a.steps, root, g, prompts, max_len, a.trl_gradient_checkpointing)
+            theirs = bench_trl_grpo(model, a.steps, root, g, prompts, max_len, a.trl_gradient_checkpointing, a.dtype)
             print(f"TRL GRPOTrainer (gradient_checkpointing={a.trl_gradient_checkpointing}): "
                   f"{statistics.median(theirs):.2f} s/step  {[round(x, 2) for x in theirs]}")
             print(f"GRPO speed-up r1kit vs TRL: {statistics.median(theirs) / statistics.median(ours):.1f}x", flush=True)
         if not a.skip_sft:
-            ours_sft = bench_r1kit_sft(model, root, 10, 8, 512)
-            hf_sft = bench_hf_sft(model, 10, 8, 512)
+            ours_sft = bench_r1kit_sft(model, root, 10, 8, 512, a.dtype)
+            hf_sft = bench_hf_sft(model, 10, 8, 512, a.dtype)
             print(f"SFT tokens/s: r1kit {ours_sft:.0f}, plain transformers loop {hf_sft:.0f}, "
                   f"ratio {ours_sft / hf_sft:.2f}x")
 

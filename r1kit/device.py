@@ -5,6 +5,8 @@ One function for each so that the engine, trainers and CLI agree on what "auto" 
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 _DTYPES = {
@@ -22,6 +24,18 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {str(device)!r} requested but CUDA is not available; use device='cpu' or 'auto'")
     return dev
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX; read from /proc/cpuinfo, so Linux only).
+    Elsewhere torch emulates bf16 matmuls, slower than fp32, which is why "auto" never picks bf16 on CPU."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device | None = None) -> torch.dtype:

@@ -186,8 +186,13 @@ def _experts_reference(x, idx, w, gate_up, down):
     return out
 
 
-def test_routed_expert_kernel_gradients_match_finite_differences():
+# align 4: each expert's rows padded to a multiple of 4 (the bf16-on-CPU layout, here in float64 to check it exactly)
+@pytest.mark.parametrize("align", [1, 4])
+def test_routed_expert_kernel_gradients_match_finite_differences(align, monkeypatch):
+    import r1kit.models.grouped_experts as ge
     from r1kit.models.grouped_experts import routed_swiglu
+
+    monkeypatch.setattr(ge, "_row_align", lambda x: align)
 
     idx = torch.tensor([[0, 2], [3, 0], [2, 3], [0, 3], [2, 0], [3, 2], [0, 2]])  # expert 1 gets no tokens
     g = torch.Generator().manual_seed(0)
@@ -199,8 +204,12 @@ def test_routed_expert_kernel_gradients_match_finite_differences():
     assert torch.autograd.gradcheck(lambda x, w, gu, d: routed_swiglu(x, idx, w, gu, d), (x, w, gate_up, down))
 
 
-def test_routed_experts_forward_and_gradients_match_a_per_expert_autograd_loop():
+@pytest.mark.parametrize("align", [1, 4])
+def test_routed_experts_forward_and_gradients_match_a_per_expert_autograd_loop(align, monkeypatch):
+    import r1kit.models.grouped_experts as ge
     from r1kit.models.grouped_experts import routed_swiglu
+
+    monkeypatch.setattr(ge, "_row_align", lambda x: align)
 
     idx, w, g = _routing(40, 16, 4, seed=1)
     idx[idx == 5] = 6  # expert 5 unused: its weight gradient must be zero, not garbage
@@ -217,6 +226,27 @@ def test_routed_experts_forward_and_gradients_match_a_per_expert_autograd_loop()
     for ours, ref in zip(*grads):
         torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-12)
     assert grads[0][3][5].abs().max() == 0 and grads[0][4][5].abs().max() == 0
+
+
+def test_routed_experts_under_cpu_autocast_run_in_bf16_and_give_float32_weight_gradients():
+    from r1kit.models.grouped_experts import routed_swiglu
+
+    idx, w, g = _routing(300, 16, 4, seed=3, dtype=torch.float32)  # uneven row counts: aligned to 32 in bf16
+    x = torch.randn(300, 64, generator=g)
+    gate_up = (0.2 * torch.randn(16, 48, 64, generator=g)).requires_grad_()
+    down = (0.2 * torch.randn(16, 64, 24, generator=g)).requires_grad_()
+    ref = routed_swiglu(x, idx, w, gate_up, down)
+    ref.sum().backward()
+    ref_grads = gate_up.grad.clone(), down.grad.clone()
+    gate_up.grad = down.grad = None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = routed_swiglu(x, idx, w, gate_up, down)
+    assert out.dtype == torch.bfloat16
+    assert 0 < (out.float() - ref).abs().max() < 0.02 * ref.abs().max()   # bf16 really ran, within bf16 rounding
+    out.float().sum().backward()
+    for got, want in zip((gate_up.grad, down.grad), ref_grads):
+        assert got.dtype == torch.float32
+        assert (got - want).abs().max() < 0.02 * want.abs().max()
 
 
 def test_decode_sized_batches_route_through_padded_experts_exactly(monkeypatch):
@@ -322,3 +352,26 @@ def test_balance_statistics_skip_padding_tokens():
     moe.load = None
     moe(x)                                           # without a mask the padding counts
     assert moe.load.sum() == 2 * 6 * cfg.num_experts_per_tok
+
+
+def test_model_attention_mask_keeps_right_padding_out_of_expert_loads():
+    """What SFT does: a right-padded batch with attention_mask gives the loads and balance loss of its real tokens."""
+    cfg = preset_config("deepseek_v3", "tiny", vocab_size=64, aux_loss_alpha=0.01)
+    model = build_model(cfg, device="cpu", seed=0).train()
+    ids = torch.randint(3, 64, (2, 7), generator=torch.Generator().manual_seed(0))
+
+    def stats(batches):
+        for moe in model.moe_layers():
+            moe.load = None
+        aux = 0.0
+        for inp, mask in batches:
+            model(inp, attention_mask=mask)
+            aux = aux + model.aux_loss().detach() * inp.shape[0]  # the loss is a mean over the batch's sequences
+        return [m.load.clone() for m in model.moe_layers()], aux
+
+    alone, aux_alone = stats([(ids[:1], None), (ids[1:, :4], None)])             # each row unpadded
+    padded, aux_padded = stats([(ids, torch.tensor([[1] * 7, [1] * 4 + [0] * 3]))])  # row 2 right-padded by 3
+    unmasked, _ = stats([(ids, None)])
+    for a, b, c in zip(alone, padded, unmasked):
+        assert torch.equal(a, b) and c.sum() > b.sum()
+    assert torch.allclose(aux_padded, aux_alone, atol=1e-6)

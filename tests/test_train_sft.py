@@ -44,16 +44,27 @@ def test_loss_mask_covers_exactly_the_assistant_completion(tiny_checkpoint):
     assert tok.decode([t for t, m in zip(ids2, mask2) if m]) == "\n</think>\n\n5<｜end▁of▁sentence｜>"
 
 
-def test_sft_lowers_loss_and_writes_a_loadable_final_model(tiny_checkpoint, tmp_path):
+@pytest.mark.parametrize("dtype", ["float32", "bf16"])   # bf16: autocast over fp32 master weights, on CPU too
+def test_sft_lowers_loss_and_writes_a_loadable_final_model(tiny_checkpoint, tmp_path, dtype):
     from r1kit.models.checkpoint import load_model
 
     data = _traces(tmp_path / "t.jsonl")
-    cfg = SFTConfig(max_steps=15, batch_size=4, max_seq_len=64, lr=3e-3, warmup_steps=2)
+    cfg = SFTConfig(max_steps=15, batch_size=4, max_seq_len=64, lr=3e-3, warmup_steps=2, dtype=dtype)
     final = train_sft(tiny_checkpoint("deepseek_v3"), str(tmp_path / "run"), cfg, data=[data])
     m = _metrics(tmp_path / "run")
     assert len(m) == 15 and m[-1]["loss"] < m[0]["loss"] - 1.0
     assert load_model(str(final)) is not None and (final / "tokenizer.json").is_file()
     assert json.load(open(tmp_path / "run" / "config.json"))["lr"] == 3e-3
+
+
+def test_bad_dtype_is_refused_with_the_allowed_values():
+    from r1kit.errors import UserError
+    from r1kit.train.run import autocast_context
+
+    with pytest.raises(ValueError, match="dtype must be one of .*bf16.*'fp8'"):
+        SFTConfig(dtype="fp8")
+    with pytest.raises(UserError, match="fp16 autocast is CUDA-only"):
+        autocast_context(torch.device("cpu"), "fp16")
 
 
 def test_resume_continues_exactly_like_an_uninterrupted_run(tiny_checkpoint, tmp_path):

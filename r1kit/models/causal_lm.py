@@ -11,7 +11,7 @@ and the KV-cache binding (`kv_cache_spec`, `bind_kv_cache`). Parameter names fol
 where a module fuses weights and says so through `hf_tensors(prefix)`.
 
 A decoder layer is called as `layer(h, rope, ctx, mask)` with h [B, T, D] (training) or [T, D] (engine), rope the
-(cos, sin) pair [..., T, rope_dim/2] and mask None (plain causal), a bool [B, 1, T, T] "may attend" mask or a
+(cos, sin) pair [..., T, rope_dim/2] and mask None (plain causal), a `Padding` (padded batch) or a
 `SharedPrefix` layout (packed GRPO groups); attention layers hand it to `r1kit.models.attention.attend`.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from r1kit.models.attention import SharedPrefix
+from r1kit.models.attention import Padding, SharedPrefix
 from r1kit.models.context import AttentionContext, KVCacheSpec
 from r1kit.models.hf_config import HFConfig
 from r1kit.models.layers import RMSNorm, RotaryEmbedding
@@ -77,8 +77,8 @@ class CausalLM(nn.Module):
                 ctx: AttentionContext | None = None, logits_indices: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, shared_prefix: SharedPrefix | None = None
                 ) -> torch.Tensor:
-        """See the module docstring. `attention_mask` [B, T] is only needed for left padding (right padding is
-        harmless under causal attention); `positions` default to 0..T-1. `shared_prefix` runs packed GRPO groups
+        """See the module docstring. `attention_mask` [B, T] (1 = token): needed for left padding; with right
+        padding it only keeps the padding out of MoE balance statistics; `positions` default to 0..T-1. `shared_prefix` runs packed GRPO groups
         (r1kit/models/attention.py; pass their `positions` [B, T]). In the training path `logits_indices` is
         [N] (the same columns of every row) or [B, N] (per row)."""
         if ctx is not None:
@@ -96,8 +96,8 @@ class CausalLM(nn.Module):
             if positions is None:
                 positions = torch.arange(input_ids.shape[1], device=input_ids.device)
             mask = None
-            if attention_mask is not None and not _right_padded(attention_mask):
-                mask = padding_mask(attention_mask)
+            if attention_mask is not None:
+                mask = Padding(attention_mask, None if _right_padded(attention_mask) else padding_mask(attention_mask))
         h = self.model.embed_tokens(input_ids)  # [B, T, D] or [T, D]
         rope = self.rotary(positions, h.dtype)  # cos, sin [(B,) T, rope_dim/2]
         for layer in self.model.layers:

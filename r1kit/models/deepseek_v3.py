@@ -16,8 +16,9 @@ Training-only balancing (both off in eval mode):
   the optimizer step: b_e += gamma * sign(mean_load - load_e), gamma = config.bias_update_speed (V3: 0.001).
 - sequence-wise balance loss: `model.aux_loss()` after a training forward = sum over MoE layers of
   alpha * sum_e f_e * P_e (alpha = config.aux_loss_alpha, 1e-4 by default); add it to the loss yourself.
-Both count real tokens only when the training forward says which are padding (GRPO's packed rows do, through
-`SharedPrefix.token_mask`); the trainers sum the loads over ranks before the bias update.
+Both count real tokens only when the training forward says which are padding (`attention_mask=` gives a
+`Padding.token_mask`, SFT passes it; GRPO's packed rows have `SharedPrefix.token_mask`); the trainers sum the loads
+over ranks before the bias update.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from r1kit.errors import UserError
-from r1kit.models.attention import SharedPrefix, attend
+from r1kit.models.attention import Padding, SharedPrefix, attend
 from r1kit.models.causal_lm import CausalLM
 from r1kit.models.context import AttentionContext
 from r1kit.models.grouped_experts import routed_swiglu
@@ -104,7 +105,7 @@ class MLAttention(nn.Module):
         self.kv_cache: torch.Tensor | None = None  # [num_blocks, block_size, rank + rope], set by bind_kv_cache
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], ctx: AttentionContext | None,
-                mask: torch.Tensor | SharedPrefix | None) -> torch.Tensor:
+                mask: Padding | SharedPrefix | None) -> torch.Tensor:
         lead = x.shape[:-1]  # (B, T) or (T,)
         q = self.q_proj(x) if hasattr(self, "q_proj") else self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
         q = q.view(*lead, self.h, self.nope + self.rope)
@@ -158,7 +159,8 @@ class Router(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x [N, D] -> expert ids [N, K], weights [N, K] (fp32), scores [N, E] (fp32, unbiased)."""
-        scores = F.linear(x.float(), self.weight.float()).sigmoid()  # [N, E]
+        with torch.autocast(x.device.type, enabled=False):  # routing stays fp32 under bf16 autocast too
+            scores = F.linear(x.float(), self.weight.float()).sigmoid()  # [N, E]
         choice = scores + self.e_score_correction_bias
         if self.topk_groups < self.groups:
             grouped = choice.view(-1, self.groups, self.e // self.groups)  # [N, G, E/G]
@@ -250,7 +252,7 @@ class DecoderLayer(nn.Module):
     def forward(self, h, rope, ctx, mask):
         h = h + self.self_attn(self.input_layernorm(h), rope, ctx, mask)
         x = self.post_attention_layernorm(h)
-        if isinstance(self.mlp, MoE):  # packed rows say which tokens are padding (balance statistics skip them)
+        if isinstance(self.mlp, MoE):  # padded batches say which tokens are padding (balance statistics skip them)
             return h + self.mlp(x, getattr(mask, "token_mask", None))
         return h + self.mlp(x)
 

@@ -16,6 +16,7 @@ Two formulations, chosen by how many rows each expert gets:
   any expert has, zero padding) and each projection is one torch.bmm over the stacked weights.
 The routing weight is applied to the [rows, I] activation rather than the [rows, D] output: the same product, less
 memory traffic (I < D for fine-grained experts). K outputs are summed in fp32 for half-precision inputs.
+Under autocast both run in the autocast dtype (like F.linear would): x and the expert weights are cast on entry.
 """
 from __future__ import annotations
 
@@ -28,6 +29,10 @@ import torch.nn.functional as F
 # than in FLOPs; with mostly-empty experts the padded bmm would compute and read weights for nothing).
 PADDED_MAX_ROWS = 64
 PADDED_MAX_WASTE = 4
+# bf16/fp16 matmuls on CPU go through oneDNN, which JIT-builds a kernel for every new (M, K, N) and caches it: with
+# each expert's row count new at every step, that costs ~50-250 us per matmul (3x slower than fp32 overall in a
+# GRPO training phase). Padding each expert's rows to a multiple of this keeps the shapes few and cached.
+HALF_CPU_ROW_ALIGN = 32
 
 
 def _runs(counts: list[int], *tensors: torch.Tensor):
@@ -48,14 +53,38 @@ def _zero_missing(t: torch.Tensor, counts: list[int]) -> torch.Tensor:
     return t
 
 
+def _aligned_layout(order: torch.Tensor, counts: list[int], align: int, k: int):
+    """Sorted rows laid out with each expert's run padded to a multiple of `align`.
+
+    Returns (order_p [Mp]: the (token, slot) pair of each laid-out row, N*K on padding; counts_p; pos [M]: the
+    laid-out row of each sorted row, or None when align == 1 and nothing moves). Padding rows read the zero row
+    appended after the N real tokens and are summed into a dropped row N (order_p // k == N there)."""
+    if align == 1:
+        return order, counts, None
+    counts_p = [-(-c // align) * align for c in counts]
+    dev = order.device
+    ct = torch.tensor(counts, device=dev)
+    shift = torch.tensor(counts_p, device=dev).cumsum(0) - ct.cumsum(0)  # [E] padding before each expert's end
+    sorted_e = torch.repeat_interleave(torch.arange(len(counts), device=dev), ct)  # [M] expert of each sorted row
+    pos = torch.arange(order.numel(), device=dev) + shift[sorted_e] - (torch.tensor(counts_p, device=dev) - ct)[sorted_e]
+    order_p = order.new_full((sum(counts_p),), order.numel()).index_copy_(0, pos, order)
+    return order_p, counts_p, pos
+
+
+def _pad_row(t: torch.Tensor) -> torch.Tensor:
+    """t with one zero row (or element) appended: what padding rows of an aligned layout read."""
+    return torch.cat([t, t.new_zeros(1, *t.shape[1:])])
+
+
 class _RoutedSwiGLU(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, w, gate_up, down, order, counts, k):
+    def forward(ctx, x, w, gate_up, down, order, counts, k, align):
         # x [N, D], w [N*K] routing weights (x's dtype), order [M = N*K]: (token, slot) pairs sorted by expert
         n, i = x.shape[0], down.shape[2]
-        token = order // k  # [M] token of each sorted row
-        xs = x.index_select(0, token)  # [M, D], contiguous runs per expert
-        ws = w.index_select(0, order)  # [M]
+        order, counts, pos = _aligned_layout(order, counts, align, k)
+        token = order // k  # [M] token of each sorted row (N on alignment padding)
+        xs = (x if pos is None else _pad_row(x)).index_select(0, token)  # [M, D], contiguous runs per expert
+        ws = (w if pos is None else _pad_row(w)).index_select(0, order)  # [M]
         h = xs.new_empty(xs.shape[0], 2 * i)  # [M, 2I] gate and up pre-activations
         for _, xs_e, w_e, h_e in _runs(counts, xs, gate_up.transpose(1, 2), h):
             torch.mm(xs_e, w_e, out=h_e)
@@ -66,15 +95,15 @@ class _RoutedSwiGLU(torch.autograd.Function):
         ys = xs.new_empty(xs.shape[0], down.shape[1])  # [M, D]
         for _, a_e, w_e, y_e in _runs(counts, act_w, down.transpose(1, 2), ys):
             torch.mm(a_e, w_e, out=y_e)
-        ctx.counts = counts
-        ctx.save_for_backward(xs, gate_up, down, ws, h, silu_gate, act, act_w, order, token)
-        return _sum_rows(ys, token, n)
+        ctx.counts, ctx.n = counts, n
+        ctx.save_for_backward(xs, gate_up, down, ws, h, silu_gate, act, act_w, order, token, pos)
+        return _sum_rows(ys, token, n if pos is None else n + 1)[:n]
 
     @staticmethod
     def backward(ctx, d_out):
-        xs, gate_up, down, ws, h, silu_gate, act, act_w, order, token = ctx.saved_tensors
-        counts, i = ctx.counts, down.shape[2]
-        d_ys = d_out.index_select(0, token)  # [M, D]: each row's output feeds its token's sum
+        xs, gate_up, down, ws, h, silu_gate, act, act_w, order, token, pos = ctx.saved_tensors
+        counts, i, n = ctx.counts, down.shape[2], ctx.n
+        d_ys = (d_out if pos is None else _pad_row(d_out)).index_select(0, token)  # [M, D]: a row feeds its token
         d_act_w = torch.empty_like(act)  # [M, I]
         d_down = _zero_missing(torch.empty_like(down), counts) if ctx.needs_input_grad[3] else None
         for e, dy_e, w_e, da_e, a_e in _runs(counts, d_ys, down, d_act_w, act_w):
@@ -84,6 +113,8 @@ class _RoutedSwiGLU(torch.autograd.Function):
         d_w = None
         if ctx.needs_input_grad[1]:
             d_ws = torch.linalg.vecdot(d_act_w, act)  # [M]
+            if pos is not None:
+                d_ws, order = d_ws.index_select(0, pos), order.index_select(0, pos)  # real rows only
             d_w = torch.empty_like(d_ws).index_copy_(0, order, d_ws)  # [N*K], back in (token, slot) order
         d_act = d_act_w.mul_(ws[:, None])
         gate, up = h[:, :i], h[:, i:]
@@ -97,8 +128,8 @@ class _RoutedSwiGLU(torch.autograd.Function):
                 torch.mm(dh_e, w_e, out=dx_e)
             if d_gate_up is not None:
                 torch.mm(dh_e.t(), x_e, out=d_gate_up[e])
-        d_x = None if d_xs is None else _sum_rows(d_xs, token, d_out.shape[0])
-        return d_x, d_w, d_gate_up, d_down, None, None, None
+        d_x = None if d_xs is None else _sum_rows(d_xs, token, n if pos is None else n + 1)[:n]
+        return d_x, d_w, d_gate_up, d_down, None, None, None, None
 
 
 def _sum_rows(rows: torch.Tensor, token: torch.Tensor, n: int) -> torch.Tensor:
@@ -134,6 +165,9 @@ def routed_swiglu(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, gate_up: 
     n, k = idx.shape
     if x.shape[0] != n or w.shape != idx.shape:
         raise ValueError(f"x {tuple(x.shape)}, idx {tuple(idx.shape)} and w {tuple(w.shape)} must agree on N (and K)")
+    if torch.is_autocast_enabled(x.device.type):  # mm(out=) is not autocast: cast here (differentiably) instead
+        dt = torch.get_autocast_dtype(x.device.type)
+        x, gate_up, down = x.to(dt), gate_up.to(dt), down.to(dt)
     w = w.to(x.dtype)
     flat = idx.flatten()
     counts_t = torch.bincount(flat, minlength=gate_up.shape[0])  # [E] rows per expert
@@ -144,10 +178,15 @@ def routed_swiglu(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, gate_up: 
             return _padded(x, idx, w, gate_up, down, counts_t, cap)
     order = flat.argsort(stable=True)
     counts = counts_t.tolist()
+    align = _row_align(x)
     if grad:
-        return _RoutedSwiGLU.apply(x, w.flatten(), gate_up, down, order, counts, k)
+        return _RoutedSwiGLU.apply(x, w.flatten(), gate_up, down, order, counts, k, align)
     with torch.no_grad():
-        return _RoutedSwiGLU.forward(_NoCtx(), x, w.flatten(), gate_up, down, order, counts, k)
+        return _RoutedSwiGLU.forward(_NoCtx(), x, w.flatten(), gate_up, down, order, counts, k, align)
+
+
+def _row_align(x: torch.Tensor) -> int:
+    return HALF_CPU_ROW_ALIGN if x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16) else 1
 
 
 class _NoCtx:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from r1kit.errors import UserError
-from r1kit.models.attention import SharedPrefix, attend
+from r1kit.models.attention import Padding, SharedPrefix, attend
 from r1kit.models.causal_lm import CausalLM
 from r1kit.models.context import AttentionContext
 from r1kit.models.hf_config import HFConfig
@@ -95,7 +95,7 @@ class GQAttention(nn.Module):
         self.kv_cache: torch.Tensor | None = None  # [num_blocks, block_size, 2, Hkv, d], set by bind_kv_cache
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], ctx: AttentionContext | None,
-                mask: torch.Tensor | SharedPrefix | None) -> torch.Tensor:
+                mask: Padding | SharedPrefix | None) -> torch.Tensor:
         lead = x.shape[:-1]  # (B, T) or (T,)
         q, k, v = self.qkv_proj(x).view(*lead, -1, self.d).split([self.hq, self.hkv, self.hkv], dim=-2)
         if self.qk_norm:

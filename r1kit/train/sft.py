@@ -113,18 +113,20 @@ def bucket(examples: list[Example], max_len: int, batch_size: int, seed: int) ->
     return out
 
 
-def collate(rows: list[Example], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Rows -> (inputs [B, T], targets [B, T], loss mask [B, T]), right-padded."""
+def collate(rows: list[Example], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows -> (inputs [B, T], targets [B, T], loss mask [B, T], token mask [B, T]: 1 on real inputs), right-padded."""
     T = max(len(r[0]) for r in rows) - 1
     inp = torch.full((len(rows), T), pad_id, dtype=torch.long)
     tgt = torch.full((len(rows), T), pad_id, dtype=torch.long)
     msk = torch.zeros((len(rows), T))
+    real = torch.zeros((len(rows), T), dtype=torch.long)
     for b, (ids, m) in enumerate(rows):
         n = len(ids) - 1
         inp[b, :n] = torch.tensor(ids[:-1])
         tgt[b, :n] = torch.tensor(ids[1:])
         msk[b, :n] = torch.tensor(m[1:], dtype=torch.float)
-    return inp, tgt, msk
+        real[b, :n] = 1
+    return inp, tgt, msk, real
 
 
 def row_indices(step: int, global_batch: int, num_rows: int, seed: int) -> list[int]:
@@ -180,16 +182,16 @@ def train_sft(model: str, out: str, cfg: SFTConfig, data: list[str] = (), tasks:
         mine = ids[info.rank * share:(info.rank + 1) * share]
         micro = [collate([rows[i] for i in mine[k:k + cfg.batch_size]], pad_id)
                  for k in range(0, len(mine), cfg.batch_size)]
-        local_tokens = sum(float(m.sum()) for _, _, m in micro)
+        local_tokens = sum(float(m.sum()) for _, _, m, _ in micro)
         total_tokens = float(all_reduce_sum([local_tokens], info)[0])
         loss_sum = 0.0
-        for k, (inp, tgt, msk) in enumerate(micro):
-            inp, tgt, msk = inp.to(info.device), tgt.to(info.device), msk.to(info.device)
+        for k, (inp, tgt, msk, real) in enumerate(micro):
+            inp, tgt, msk, real = inp.to(info.device), tgt.to(info.device), msk.to(info.device), real.to(info.device)
             sync = k == len(micro) - 1 or not hasattr(train_model, "no_sync")
             ctx = train_model.no_sync() if not sync else contextlib.nullcontext()
             with ctx:
                 with autocast_context(info.device, cfg.dtype):
-                    logits = train_model(inp)
+                    logits = train_model(inp, attention_mask=real)   # right-padded: MoE stats skip the padding
                 nll = F.cross_entropy(logits.float().flatten(0, 1), tgt.flatten(), reduction="none").view_as(msk)
                 loss = (nll * msk).sum() / max(total_tokens, 1.0) * info.world_size
                 loss = loss + aux_loss(policy) * (inp.shape[0] / len(mine))
@@ -202,7 +204,7 @@ def train_sft(model: str, out: str, cfg: SFTConfig, data: list[str] = (), tasks:
         optimizer.zero_grad(set_to_none=True)
         router_bias_update(unwrap(policy), cfg.router_bias_gamma, info)
         dt = timer.lap()
-        all_tokens = float(all_reduce_sum([sum(int((inp != pad_id).sum()) for inp, _, _ in micro)], info)[0])
+        all_tokens = float(all_reduce_sum([sum(int(real.sum()) for *_, real in micro)], info)[0])
         loss_mean = float(all_reduce_sum([loss_sum], info)[0]) / max(total_tokens, 1.0)
         record = {"step": step + 1, "loss": loss_mean, "lr": lr, "grad_norm": grad_norm,
                   "loss_tokens": total_tokens, "tokens_per_s": all_tokens / dt, "step_time": dt}
