@@ -84,8 +84,8 @@ def bench_trl_grpo(model: str, steps: int, root: Path, g: int, prompts: int, max
     args = GRPOConfig(output_dir=str(root / "trl"), num_generations=g, per_device_train_batch_size=g * prompts,
                       gradient_accumulation_steps=1, max_completion_length=max_len, num_iterations=1, beta=0.0,
                       temperature=1.0, learning_rate=1e-6, max_steps=steps + 1, logging_steps=1, save_strategy="no",
-                      report_to=[], use_cpu=True, bf16=dtype == "bf16", seed=0, use_vllm=False, dataloader_num_workers=0,
-                      disable_tqdm=True, gradient_checkpointing=gradient_checkpointing)
+                      report_to=[], use_cpu=True, bf16=dtype == "bf16", seed=0, use_vllm=False,
+                      dataloader_num_workers=0, disable_tqdm=True, gradient_checkpointing=gradient_checkpointing)
     tok = AutoTokenizer.from_pretrained(model)
     trainer = GRPOTrainer(model=AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32),
                           reward_funcs=reward_fn, args=args, train_dataset=data, processing_class=tok,

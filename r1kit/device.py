@@ -16,6 +16,9 @@ _DTYPES = {
 }
 
 
+DTYPE_NAMES = ("auto", *_DTYPES)  # every name resolve_dtype accepts
+
+
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """`None` or "auto" -> cuda if available else cpu; anything else is passed to torch.device."""
     if device is None or device == "auto":

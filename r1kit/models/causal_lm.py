@@ -78,9 +78,9 @@ class CausalLM(nn.Module):
                 attention_mask: torch.Tensor | None = None, shared_prefix: SharedPrefix | None = None
                 ) -> torch.Tensor:
         """See the module docstring. `attention_mask` [B, T] (1 = token): needed for left padding; with right
-        padding it only keeps the padding out of MoE balance statistics; `positions` default to 0..T-1. `shared_prefix` runs packed GRPO groups
-        (r1kit/models/attention.py; pass their `positions` [B, T]). In the training path `logits_indices` is
-        [N] (the same columns of every row) or [B, N] (per row)."""
+        padding it only keeps the padding out of MoE balance statistics. `positions` default to 0..T-1.
+        `shared_prefix` runs packed GRPO groups (r1kit/models/attention.py; pass their `positions` [B, T]).
+        In the training path `logits_indices` is [N] (the same columns of every row) or [B, N] (per row)."""
         if ctx is not None:
             if input_ids.dim() != 1 or positions is None:
                 raise ValueError("with ctx, pass flat input_ids [T] and positions [T]")

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 PADDED_MAX_ROWS = 64
 PADDED_MAX_WASTE = 4
 # bf16/fp16 matmuls on CPU go through oneDNN, which JIT-builds a kernel for every new (M, K, N) and caches it: with
-# each expert's row count new at every step, that costs ~50-250 us per matmul (3x slower than fp32 overall in a
+# each expert's row count new at every step, that costs ~50-250 us per matmul (1.9x slower than fp32 overall in a
 # GRPO training phase). Padding each expert's rows to a multiple of this keeps the shapes few and cached.
 HALF_CPU_ROW_ALIGN = 32
 
@@ -63,17 +63,22 @@ def _aligned_layout(order: torch.Tensor, counts: list[int], align: int, k: int):
         return order, counts, None
     counts_p = [-(-c // align) * align for c in counts]
     dev = order.device
-    ct = torch.tensor(counts, device=dev)
-    shift = torch.tensor(counts_p, device=dev).cumsum(0) - ct.cumsum(0)  # [E] padding before each expert's end
+    ct, cp = torch.tensor(counts, device=dev), torch.tensor(counts_p, device=dev)
+    offset = (cp.cumsum(0) - cp) - (ct.cumsum(0) - ct)  # [E] laid-out start minus sorted start of each expert
     sorted_e = torch.repeat_interleave(torch.arange(len(counts), device=dev), ct)  # [M] expert of each sorted row
-    pos = torch.arange(order.numel(), device=dev) + shift[sorted_e] - (torch.tensor(counts_p, device=dev) - ct)[sorted_e]
+    pos = torch.arange(order.numel(), device=dev) + offset[sorted_e]
     order_p = order.new_full((sum(counts_p),), order.numel()).index_copy_(0, pos, order)
     return order_p, counts_p, pos
 
 
-def _pad_row(t: torch.Tensor) -> torch.Tensor:
-    """t with one zero row (or element) appended: what padding rows of an aligned layout read."""
-    return torch.cat([t, t.new_zeros(1, *t.shape[1:])])
+def _readable_by_padding(t: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
+    """t, with one zero row (or element) appended when the layout is aligned: what its padding rows read."""
+    return t if pos is None else torch.cat([t, t.new_zeros(1, *t.shape[1:])])
+
+
+def _token_sums(rows: torch.Tensor, token: torch.Tensor, n: int, pos: torch.Tensor | None) -> torch.Tensor:
+    """[N, D] per-token sums of the laid-out rows (padding rows go to a dropped row N)."""
+    return _sum_rows(rows, token, n if pos is None else n + 1)[:n]
 
 
 class _RoutedSwiGLU(torch.autograd.Function):
@@ -83,8 +88,8 @@ class _RoutedSwiGLU(torch.autograd.Function):
         n, i = x.shape[0], down.shape[2]
         order, counts, pos = _aligned_layout(order, counts, align, k)
         token = order // k  # [M] token of each sorted row (N on alignment padding)
-        xs = (x if pos is None else _pad_row(x)).index_select(0, token)  # [M, D], contiguous runs per expert
-        ws = (w if pos is None else _pad_row(w)).index_select(0, order)  # [M]
+        xs = _readable_by_padding(x, pos).index_select(0, token)  # [M, D], contiguous runs per expert
+        ws = _readable_by_padding(w, pos).index_select(0, order)  # [M]
         h = xs.new_empty(xs.shape[0], 2 * i)  # [M, 2I] gate and up pre-activations
         for _, xs_e, w_e, h_e in _runs(counts, xs, gate_up.transpose(1, 2), h):
             torch.mm(xs_e, w_e, out=h_e)
@@ -97,13 +102,13 @@ class _RoutedSwiGLU(torch.autograd.Function):
             torch.mm(a_e, w_e, out=y_e)
         ctx.counts, ctx.n = counts, n
         ctx.save_for_backward(xs, gate_up, down, ws, h, silu_gate, act, act_w, order, token, pos)
-        return _sum_rows(ys, token, n if pos is None else n + 1)[:n]
+        return _token_sums(ys, token, n, pos)
 
     @staticmethod
     def backward(ctx, d_out):
         xs, gate_up, down, ws, h, silu_gate, act, act_w, order, token, pos = ctx.saved_tensors
         counts, i, n = ctx.counts, down.shape[2], ctx.n
-        d_ys = (d_out if pos is None else _pad_row(d_out)).index_select(0, token)  # [M, D]: a row feeds its token
+        d_ys = _readable_by_padding(d_out, pos).index_select(0, token)  # [M, D]: a row feeds its token
         d_act_w = torch.empty_like(act)  # [M, I]
         d_down = _zero_missing(torch.empty_like(down), counts) if ctx.needs_input_grad[3] else None
         for e, dy_e, w_e, da_e, a_e in _runs(counts, d_ys, down, d_act_w, act_w):
@@ -128,7 +133,7 @@ class _RoutedSwiGLU(torch.autograd.Function):
                 torch.mm(dh_e, w_e, out=dx_e)
             if d_gate_up is not None:
                 torch.mm(dh_e.t(), x_e, out=d_gate_up[e])
-        d_x = None if d_xs is None else _sum_rows(d_xs, token, n if pos is None else n + 1)[:n]
+        d_x = None if d_xs is None else _token_sums(d_xs, token, n, pos)
         return d_x, d_w, d_gate_up, d_down, None, None, None, None
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from r1kit.device import DTYPE_NAMES
+
 
 @dataclass
 class TrainConfig:
@@ -26,7 +28,7 @@ class TrainConfig:
     save_every: int = 0                  # checkpoint every N steps (0: only at the end)
     keep_last: int = 2                   # checkpoints kept in the run directory
     log_every: int = 1
-    dtype: str = "auto"                  # autocast: auto = bf16 on CUDA, fp32 on CPU; bf16 on CPU if it has AVX512-BF16/AMX
+    dtype: str = "auto"                  # autocast: auto = bf16 on CUDA, fp32 on CPU (bf16 pays off on AVX512-BF16/AMX)
     device: str = "auto"
     fsdp: bool = False                   # shard with FSDP2 fully_shard instead of DDP (multi-process only)
     router_bias_gamma: float = 0.001     # deepseek_v3 aux-loss-free bias update speed (0 disables)
@@ -42,7 +44,8 @@ class TrainConfig:
         _check(self.log_every >= 1, "log_every must be >= 1")
         _check(0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio must be in [0, 1]")
         _check(self.router_bias_gamma >= 0, "router_bias_gamma must be >= 0")
-        _check(str(self.dtype).lower() in _DTYPES, f"dtype must be one of {', '.join(_DTYPES)}; got {self.dtype!r}")
+        _check(str(self.dtype).lower() in DTYPE_NAMES,
+               f"dtype must be one of {', '.join(DTYPE_NAMES)}; got {self.dtype!r}")
 
 
 @dataclass
@@ -101,9 +104,6 @@ class GRPOConfig(TrainConfig):
                "(completions per forward/backward) instead of grad_accum_steps")
         _check(0 <= self.overlong_buffer < self.max_completion_length,
                "overlong_buffer must be in [0, max_completion_length)")
-
-
-_DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
 
 
 def _check(ok: bool, message: str) -> None:
