@@ -1,9 +1,10 @@
 """Routed experts at decode-sized batches: r1kit's `routed_swiglu` vs transformers' DeepseekV3Experts.
 
 In a decode step of B sequences the MoE layers see N = B tokens, i.e. N*K/E rows per expert (8 for 64 sequences
-of the small preset: 64 experts, top-8). r1kit then pads the rows into [E, cap, D] and runs one bmm per projection
-(`r1kit/models/grouped_experts.py`); "r1kit grouped" forces its per-expert-mm formulation (the one used for
-training and prefill) to show what the padded path buys. transformers runs its default experts implementation on
+of the small preset: 64 experts, top-8). On CPU r1kit runs its C kernel (`r1kit/models/csrc/routed_swiglu.c`,
+"r1kit"); "r1kit torch" is the PyTorch path used without it (rows padded into [E, cap, D], one bmm per projection,
+when few rows per expert; else per-expert matmuls); "r1kit grouped" forces the per-expert-mm formulation (the one
+used for training). transformers runs its default experts implementation on
 the same weights (the saved r1kit model) and the same routing. All MoE layers of the model are timed in turn, the
 implementations alternate, inference mode, median of the repeats.
 
@@ -19,17 +20,21 @@ import time
 import torch
 
 import r1kit.models.grouped_experts as ge
+from r1kit.models import native
 from r1kit.models.checkpoint import save_model
 from r1kit.models.random_checkpoint import preset_config
 from r1kit.models.registry import build_model
 
 
-def _grouped(*args):
-    saved, ge.PADDED_MAX_ROWS = ge.PADDED_MAX_ROWS, 0
+def _torch(*args, padded_max_rows: int | None = None):
+    """r1kit's PyTorch path (the C kernel switched off), optionally with the padded formulation off too."""
+    saved = native.load, ge.PADDED_MAX_ROWS
+    native.load = lambda: None
+    ge.PADDED_MAX_ROWS = saved[1] if padded_max_rows is None else padded_max_rows
     try:
         return ge.routed_swiglu(*args)
     finally:
-        ge.PADDED_MAX_ROWS = saved
+        native.load, ge.PADDED_MAX_ROWS = saved
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,9 +55,13 @@ def main(argv: list[str] | None = None) -> int:
     layers = [(a.mlp, b.mlp.experts) for a, b in zip(ours.model.layers, hf.model.layers) if hasattr(a.mlp, "gate")]
     impls = {
         "r1kit": lambda moe, hf_experts, x, idx, w: ge.routed_swiglu(x, idx, w, moe.experts.gate_up, moe.experts.down),
-        "r1kit grouped": lambda moe, hf_experts, x, idx, w: _grouped(x, idx, w, moe.experts.gate_up, moe.experts.down),
+        "r1kit torch": lambda moe, hf_experts, x, idx, w: _torch(x, idx, w, moe.experts.gate_up, moe.experts.down),
+        "r1kit grouped": lambda moe, hf_experts, x, idx, w: _torch(x, idx, w, moe.experts.gate_up, moe.experts.down,
+                                                                   padded_max_rows=0),
         "transformers": lambda moe, hf_experts, x, idx, w: hf_experts(x, idx, w),
     }
+    if native.load() is None:
+        print("note: the native kernel could not be built (no C compiler?): 'r1kit' is the PyTorch path here")
     print(f"[{args.preset}] {len(layers)} MoE layers, {config.n_routed_experts} experts (top-"
           f"{config.num_experts_per_tok}), hidden {config.hidden_size}, {args.threads} threads; ms per token batch "
           f"through all MoE layers' routed experts (median of {args.repeats})")
@@ -74,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             cap = max(int(torch.bincount(i.flatten()).max()) for i, _ in routes)
             print(f"  {n:5d} tokens (most rows on one expert: {cap:3d}): " +
                   "  ".join(f"{k} {v:6.2f}" for k, v in ms.items()) +
-                  f"   grouped/r1kit {ms['r1kit grouped'] / ms['r1kit']:.2f}x, "
+                  f"   torch/r1kit {ms['r1kit torch'] / ms['r1kit']:.2f}x, "
                   f"transformers/r1kit {ms['transformers'] / ms['r1kit']:.2f}x   max |diff| {diff:.1e}")
     return 0
 

@@ -27,3 +27,16 @@ def tiny_checkpoint(tmp_path_factory):
         return made[model_type]
 
     return make
+
+
+@pytest.fixture(params=["native", "torch"])
+def cpu_kernels(request, monkeypatch):
+    """Runs a test with r1kit's native CPU kernels (r1kit/models/native.py) and again with them switched off, so
+    both the C kernels and the PyTorch paths they replace stay covered."""
+    from r1kit.models import native
+
+    if request.param == "torch":
+        monkeypatch.setattr(native, "load", lambda: None)
+    elif native.load() is None:
+        pytest.skip("no C compiler for the native CPU kernels")
+    return request.param

@@ -89,7 +89,7 @@ def test_gqa_paged_attention_matches_causal_attention(case):
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_mla_paged_attention_matches_decompressed_causal_attention(case):
+def test_mla_paged_attention_matches_decompressed_causal_attention(case, cpu_kernels):
     gen = torch.Generator().manual_seed(1)
     H, nope, rope, R, dv = 4, 8, 4, 16, 6
     cached, new = zip(*CASES[case])
@@ -165,4 +165,4 @@ def test_short_chunks_take_the_per_sequence_path_when_their_gather_would_be_too_
     plan = paged_attention._plan(make_ctx(list(cached), list(new), tables), "cpu")
     assert plan.pre == [b for b, n in enumerate(new) if n > 1] and plan.mask.shape[0] == new.count(1)
     test_gqa_paged_attention_matches_causal_attention("mixed")
-    test_mla_paged_attention_matches_decompressed_causal_attention("mixed")
+    test_mla_paged_attention_matches_decompressed_causal_attention("mixed", "native")

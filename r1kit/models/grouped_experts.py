@@ -3,7 +3,7 @@
     routed_swiglu(x [N, D], idx [N, K], w [N, K], gate_up [E, 2I, D], down [E, D, I]) -> [N, D]
     out[n] = sum_k w[n, k] * down[e] @ (silu(gate_up[e, :I] @ x[n]) * (gate_up[e, I:] @ x[n])),  e = idx[n, k]
 
-Two formulations, chosen by how many rows each expert gets:
+Three formulations:
 - grouped (training, prefill): the N*K (token, slot) rows are sorted by expert, so each expert is two matmuls on a
   contiguous slice written straight into preallocated outputs, and the activation runs once over all rows. The
   permutation lives inside the autograd function, so each direction is one gather (`index_select` of x's rows by
@@ -11,6 +11,10 @@ Two formulations, chosen by how many rows each expert gets:
   gradients are written expert by expert into uninitialised stacked tensors (only experts without rows are zeroed).
   Compared with plain autograd over a Python loop of per-expert `F.linear` calls this avoids ~10 autograd nodes per
   expert, a cat and a stack; compared with autograd's `x[token]` it avoids the slow accumulating index_put_.
+- native (CPU, fp32, no gradients: decode, prefill, reference logprobs): the C kernel of csrc/routed_swiglu.c
+  (r1kit/models/native.py builds it on first use), which spreads (expert, row tile) items over the threads instead
+  of forking and joining for each tiny matmul: 1.5-3x faster than the two below at 8-4096 tokens on a 2-core CPU.
+  Used whenever it is available; otherwise the two below.
 - padded (decode-sized batches without gradients): with a handful of rows per expert a per-expert matmul costs
   more in call and threading overhead than in FLOPs, so the rows are copied into [E, cap, D] (cap = the most rows
   any expert has, zero padding) and each projection is one torch.bmm over the stacked weights.
@@ -22,6 +26,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from r1kit.models import native
 
 # Without gradients the padded formulation runs when no expert has more than PADDED_MAX_ROWS rows and the padded
 # batch [E, cap] holds at most PADDED_MAX_WASTE times the real rows (measured on a 2-core CPU, see
@@ -174,9 +180,13 @@ def routed_swiglu(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, gate_up: 
         dt = torch.get_autocast_dtype(x.device.type)
         x, gate_up, down = x.to(dt), gate_up.to(dt), down.to(dt)
     w = w.to(x.dtype)
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, w, gate_up, down))
+    if not grad and x.device.type == "cpu":
+        out = native.routed_swiglu(x, idx, w, gate_up, down)
+        if out is not None:
+            return out
     flat = idx.flatten()
     counts_t = torch.bincount(flat, minlength=gate_up.shape[0])  # [E] rows per expert
-    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, w, gate_up, down))
     cap = int(counts_t.max())
     if not grad and 0 < cap <= PADDED_MAX_ROWS and counts_t.numel() * cap <= PADDED_MAX_WASTE * flat.numel():
         with torch.no_grad():

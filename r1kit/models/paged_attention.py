@@ -8,7 +8,8 @@ Two paths:
   token a row of its own with its causal context length): all such rows are batched. Their blocks are gathered
   through `block_tables` into one [N, L_max, ...] tensor, keys past each row's length are masked, and one
   batched attention runs over it (GQA: a fused SDPA call on strided K/V views, query heads grouped by kv head; MLA: two batched
-  matmuls over the latent); softmax runs in fp32. The gather index and the mask are the same in every layer: the
+  matmuls over the latent); softmax runs in fp32. On CPU with an fp32 cache, MLA's batched rows instead go to the
+  C kernel of csrc/mla_decode.c (r1kit/models/native.py), which reads each row's blocks in place: no padded copy. The gather index and the mask are the same in every layer: the
   first layer builds them and keeps them in `ctx.derived`.
 - prefill / chunked prefill (more new tokens): one scaled_dot_product_attention per sequence, with the causal
   diagonal shifted by the cached prefix length.
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from r1kit.models import native
 from r1kit.models.context import AttentionContext
 
 
@@ -48,7 +50,8 @@ class _Plan:
     pre: list[int]  # sequences with more new tokens (per-sequence prefill path)
     starts: list[int]  # first flat row of each sequence
     rows: torch.Tensor | None  # flat rows of the batched tokens; None when every row is one
-    blocks: torch.Tensor | None  # [N * nblk] block ids of each batched row's sequence, row-major
+    tables: torch.Tensor | None  # [N, nblk] block ids of each batched row's sequence
+    lens: torch.Tensor | None  # [N] keys visible to each batched row
     mask: torch.Tensor | None  # [N, nblk * block_size] bool: key j is visible to row r
     bias: dict  # dtype -> [N, 1, nblk * block_size] additive mask (0 / -inf)
 
@@ -79,7 +82,7 @@ def _plan(ctx: AttentionContext, device) -> _Plan:
             row_seq.append(b)
             row_ids.append(starts[b] + i)
             row_lens.append(seq_len - n + i + 1)
-    rows = blocks = mask = None
+    rows = tables = lens = mask = None
     if row_ids:
         bs = ctx.block_size
         nblk = (max(row_lens) + bs - 1) // bs
@@ -90,9 +93,8 @@ def _plan(ctx: AttentionContext, device) -> _Plan:
             lens = torch.tensor(row_lens, device=device)
         if len(row_ids) != s:
             rows = torch.tensor(row_ids, device=device)
-        blocks = tables.reshape(-1)
         mask = torch.arange(nblk * bs, device=device)[None, :] < lens[:, None]  # [N, L]
-    plan = _Plan(pre, starts, rows, blocks, mask, {})
+    plan = _Plan(pre, starts, rows, tables, lens, mask, {})
     ctx.derived["paged_plan"] = plan
     return plan
 
@@ -109,7 +111,7 @@ def _gather(cache: torch.Tensor, plan: _Plan) -> torch.Tensor:
     """Each batched row's context as one padded tensor [N, L_max, *token_shape] (one index_select: whole blocks
     are copied, several times faster on CPU than advanced indexing)."""
     N, L = plan.mask.shape
-    return cache.index_select(0, plan.blocks).view(N, L, *cache.shape[2:])
+    return cache.index_select(0, plan.tables.reshape(-1)).view(N, L, *cache.shape[2:])
 
 
 def _context(cache: torch.Tensor, ctx: AttentionContext, b: int) -> torch.Tensor:
@@ -196,11 +198,13 @@ def mla_paged_attention(q_nope: torch.Tensor, q_pe: torch.Tensor, c_kv: torch.Te
         # head-major batched matmuls ([H, N, .] views, no copies): absorb W_UK, then [q_lat | q_pe]
         q_lat = torch.bmm(qn.transpose(0, 1), w_uk)  # [H, N, R]
         q_full = torch.cat([q_lat, qp.transpose(0, 1)], dim=-1).to(cache.dtype).transpose(0, 1)  # [N, H, R + rope]
-        latent = _gather(cache, plan)  # [N, L, R + rope]
-        # MQA over the latent; scale and padding mask fused into the matmul: [N, H, L]
-        scores = torch.baddbmm(_bias(plan, cache.dtype), q_full, latent.transpose(1, 2), alpha=scale)
-        probs = torch.softmax(scores.float(), dim=-1).to(latent.dtype)
-        o_lat = torch.bmm(probs, latent[:, :, :R])  # [N, H, R]
+        o_lat = native.mla_decode(q_full, cache, plan.tables, plan.lens, R, scale)  # in place through the tables
+        if o_lat is None:
+            latent = _gather(cache, plan)  # [N, L, R + rope]
+            # MQA over the latent; scale and padding mask fused into the matmul: [N, H, L]
+            scores = torch.baddbmm(_bias(plan, cache.dtype), q_full, latent.transpose(1, 2), alpha=scale)
+            probs = torch.softmax(scores.float(), dim=-1).to(latent.dtype)
+            o_lat = torch.bmm(probs, latent[:, :, :R])  # [N, H, R]
         o = torch.bmm(o_lat.transpose(0, 1).to(w_uv.dtype), w_uv.transpose(1, 2))  # absorb W_UV: [H, N, v]
         out = _place(out, o.transpose(0, 1).to(q_nope.dtype), rows)  # [N, H, v] rows of out
     for b in pre:

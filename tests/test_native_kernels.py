@@ -1,0 +1,163 @@
+"""The native CPU kernels (r1kit/models/csrc, built by r1kit/models/native.py) against independent float64
+references, and their build: cached per machine, and a missing or failing compiler falls back with a warning."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from r1kit.models import native
+
+
+@pytest.fixture
+def lib():
+    if native.load() is None:
+        pytest.skip("no C compiler for the native CPU kernels")
+    return native.load()
+
+
+def experts_reference(x, idx, w, gate_up, down):
+    """out[n] = sum_k w[n,k] * down[e] @ (silu(gate[e] @ x[n]) * (up[e] @ x[n])), one (token, slot) at a time."""
+    i = down.shape[2]
+    out = torch.zeros(x.shape, dtype=torch.float64)
+    for n in range(x.shape[0]):
+        for k in range(idx.shape[1]):
+            e = int(idx[n, k])
+            h = gate_up[e].double() @ x[n].double()
+            out[n] += w[n, k].double() * (down[e].double() @ (F.silu(h[:i]) * h[i:]))
+    return out
+
+
+# D = 40 and I = 20 are not multiples of the 16-float vectors (tails); 37 tokens x 3 slots over 6 experts: expert
+# 0 takes every token's first slot (37 rows: four 8-row tiles and a partial one) and expert 4 gets nothing.
+@pytest.mark.parametrize("threads", [1, 2])
+def test_native_routed_experts_match_a_per_token_reference(lib, threads):
+    g = torch.Generator().manual_seed(0)
+    n, k, e, d, i = 37, 3, 6, 40, 20
+    others = torch.tensor([1, 2, 3, 5])
+    idx = torch.stack([torch.cat([torch.zeros(1, dtype=torch.long), others[torch.randperm(4, generator=g)[:k - 1]]])
+                       for _ in range(n)])
+    w = torch.rand(n, k, generator=g)
+    x = torch.randn(n, d, generator=g)
+    gate_up, down = 0.3 * torch.randn(e, 2 * i, d, generator=g), 0.3 * torch.randn(e, d, i, generator=g)
+    torch.set_num_threads(threads)
+    try:
+        out = native.routed_swiglu(x, idx, w, gate_up, down)
+    finally:
+        torch.set_num_threads(2)
+    assert out is not None and out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), experts_reference(x, idx, w, gate_up, down), rtol=1e-5, atol=1e-6)
+
+
+def test_routed_experts_use_the_native_kernel_only_without_gradients(lib, monkeypatch):
+    import r1kit.models.grouped_experts as ge
+
+    calls = []
+    real = native.routed_swiglu
+    monkeypatch.setattr(native, "routed_swiglu", lambda *a: calls.append(1) or real(*a))
+    g = torch.Generator().manual_seed(1)
+    x, idx, w = torch.randn(8, 16, generator=g), torch.randint(0, 4, (8, 2), generator=g), torch.rand(8, 2)
+    gate_up = torch.randn(4, 8, 16, generator=g).requires_grad_()
+    down = torch.randn(4, 16, 4, generator=g).requires_grad_()
+    trained = ge.routed_swiglu(x, idx, w, gate_up, down)
+    assert trained.requires_grad and not calls  # training keeps the autograd path
+    with torch.no_grad():
+        inferred = ge.routed_swiglu(x, idx, w, gate_up, down)
+    assert calls == [1]
+    torch.testing.assert_close(inferred, trained.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_native_routed_experts_reject_expert_ids_out_of_range(lib):
+    x, w = torch.randn(2, 16), torch.rand(2, 1)
+    gate_up, down = torch.randn(4, 8, 16), torch.randn(4, 16, 4)
+    with pytest.raises(RuntimeError, match="expert ids"):
+        native.routed_swiglu(x, torch.tensor([[1], [4]]), w, gate_up, down)
+
+
+def test_native_kernels_decline_what_they_do_not_handle(lib):
+    x, idx, w = torch.randn(2, 16), torch.tensor([[1], [2]]), torch.rand(2, 1)
+    gate_up, down = torch.randn(4, 8, 16), torch.randn(4, 16, 4)
+    assert native.routed_swiglu(x.bfloat16(), idx, w.bfloat16(), gate_up.bfloat16(), down.bfloat16()) is None
+    assert native.routed_swiglu(x.double(), idx, w.double(), gate_up.double(), down.double()) is None
+
+
+# 6 heads (a group of 4 and one of 2), R = 40 (one 32-wide vector pass and an 8-wide tail), rope 8, blocks of 16:
+# rows whose contexts are 1 token, exactly one block, and several blocks with a partial last one.
+@pytest.mark.parametrize("threads", [1, 2])
+def test_native_mla_decode_matches_softmax_attention_over_each_rows_blocks(lib, threads):
+    g = torch.Generator().manual_seed(2)
+    h, r, rope, bs, num_blocks = 6, 40, 8, 16, 30
+    lens = torch.tensor([1, 16, 37, 70, 5])
+    nblk = 5
+    tables = torch.randperm(num_blocks, generator=g)[:len(lens) * nblk].view(len(lens), nblk)
+    cache = torch.randn(num_blocks, bs, r + rope, generator=g)
+    q = torch.randn(len(lens), h, r + rope, generator=g)
+    scale = 0.3
+    torch.set_num_threads(threads)
+    try:
+        out = native.mla_decode(q, cache, tables, lens, r, scale)
+    finally:
+        torch.set_num_threads(2)
+    flat = cache.view(-1, r + rope).double()
+    for row, n in enumerate(lens.tolist()):
+        slots = torch.tensor([int(tables[row, j // bs]) * bs + j % bs for j in range(n)])
+        lat = flat[slots]  # [n, R + rope]
+        p = (scale * q[row].double() @ lat.T).softmax(-1)  # [H, n]
+        torch.testing.assert_close(out[row].double(), p @ lat[:, :r], rtol=1e-5, atol=1e-6)
+
+
+def test_native_mla_decode_rejects_block_ids_out_of_range(lib):
+    cache, q = torch.zeros(4, 16, 24), torch.zeros(1, 2, 24)
+    with pytest.raises(RuntimeError, match="out of range"):
+        native.mla_decode(q, cache, torch.tensor([[1, 9]]), torch.tensor([20]), 16, 1.0)
+
+
+def test_loading_the_native_library_keeps_denormals(lib):
+    # a library linked with -ffast-math would switch the process to flush-to-zero when it loads
+    tiny = torch.tensor([1e-39])  # a float32 denormal
+    assert (tiny * 1.0).item() > 0 and (tiny + tiny).item() > 0
+
+
+def test_native_library_is_built_once_per_machine_and_reused(tmp_path, monkeypatch):
+    monkeypatch.setenv("R1KIT_CACHE_DIR", str(tmp_path))
+    native.load.cache_clear()
+    try:
+        if native.load() is None:
+            pytest.skip("no C compiler for the native CPU kernels")
+        libs = list((tmp_path / "kernels").glob("r1kit_cpu-*.so"))
+        assert len(libs) == 1 and not list((tmp_path / "kernels").glob(".*"))  # no temporary file left behind
+        stamp = libs[0].stat().st_mtime_ns
+        native.load.cache_clear()
+        assert native.load() is not None
+        assert libs[0].stat().st_mtime_ns == stamp  # loaded from the cache, not rebuilt
+    finally:
+        native.load.cache_clear()
+
+
+@pytest.mark.parametrize("compiler, message", [("no-such-cc", "no C compiler"), ("false", "failed")])
+def test_missing_or_failing_compiler_falls_back_to_pytorch_with_a_warning(tmp_path, monkeypatch, compiler, message):
+    import r1kit.models.grouped_experts as ge
+
+    monkeypatch.setenv("R1KIT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CC", compiler)
+    native.load.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match=message):
+            assert native.load() is None
+        g = torch.Generator().manual_seed(3)
+        x, idx, w = torch.randn(5, 16, generator=g), torch.randint(0, 4, (5, 2), generator=g), torch.rand(5, 2)
+        gate_up, down = torch.randn(4, 8, 16, generator=g), torch.randn(4, 16, 4, generator=g)
+        with torch.no_grad():
+            out = ge.routed_swiglu(x, idx, w, gate_up, down)  # the PyTorch path
+        torch.testing.assert_close(out.double(), experts_reference(x, idx, w, gate_up, down), rtol=1e-5, atol=1e-6)
+    finally:
+        native.load.cache_clear()
+
+
+def test_r1kit_native_0_switches_the_kernels_off(monkeypatch):
+    monkeypatch.setenv("R1KIT_NATIVE", "0")
+    native.load.cache_clear()
+    try:
+        assert native.load() is None
+    finally:
+        native.load.cache_clear()
