@@ -106,10 +106,31 @@ def test_native_mla_decode_matches_softmax_attention_over_each_rows_blocks(lib, 
         torch.testing.assert_close(out[row].double(), p @ lat[:, :r], rtol=1e-5, atol=1e-6)
 
 
+# 6 query heads on 2 kv heads (groups of 3) and on 6 (groups of 1); head dim 40 = a 32-wide pass and an 8-wide tail.
+@pytest.mark.parametrize("hkv", [2, 6])
+def test_native_gqa_decode_matches_softmax_attention_over_each_rows_blocks(lib, hkv):
+    g = torch.Generator().manual_seed(4)
+    hq, d, bs, num_blocks, nblk = 6, 40, 16, 30, 5
+    lens = torch.tensor([1, 16, 37, 70, 5])
+    tables = torch.randperm(num_blocks, generator=g)[:len(lens) * nblk].view(len(lens), nblk)
+    cache = torch.randn(num_blocks, bs, 2, hkv, d, generator=g)
+    q = torch.randn(len(lens), hq, d, generator=g)
+    out = native.gqa_decode(q, cache, tables, lens, 0.2)
+    flat = cache.view(-1, 2, hkv, d).double()
+    for row, n in enumerate(lens.tolist()):
+        kv = flat[torch.tensor([int(tables[row, j // bs]) * bs + j % bs for j in range(n)])]  # [n, 2, hkv, d]
+        k, v = (kv[:, i].repeat_interleave(hq // hkv, dim=1) for i in (0, 1))  # [n, hq, d]
+        p = (0.2 * torch.einsum("hd,nhd->hn", q[row].double(), k)).softmax(-1)
+        torch.testing.assert_close(out[row].double(), torch.einsum("hn,nhd->hd", p, v), rtol=1e-5, atol=1e-6)
+
+
 def test_native_mla_decode_rejects_block_ids_out_of_range(lib):
     cache, q = torch.zeros(4, 16, 24), torch.zeros(1, 2, 24)
     with pytest.raises(RuntimeError, match="out of range"):
         native.mla_decode(q, cache, torch.tensor([[1, 9]]), torch.tensor([20]), 16, 1.0)
+    with pytest.raises(RuntimeError, match="out of range"):  # a length past the table's blocks
+        native.gqa_decode(torch.zeros(1, 2, 8), torch.zeros(4, 16, 2, 1, 8), torch.tensor([[1]]), torch.tensor([17]),
+                          1.0)
 
 
 def test_loading_the_native_library_keeps_denormals(lib):

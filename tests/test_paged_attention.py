@@ -62,7 +62,7 @@ def test_long_case_exercises_both_paths():
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_gqa_paged_attention_matches_causal_attention(case):
+def test_gqa_paged_attention_matches_causal_attention(case, cpu_kernels):
     gen = torch.Generator().manual_seed(0)
     Hq, Hkv, D = 6, 2, 8
     cached, new = zip(*CASES[case])
@@ -164,5 +164,5 @@ def test_short_chunks_take_the_per_sequence_path_when_their_gather_would_be_too_
     tables = scattered_tables([c + n for c, n in CASES["mixed"]], 40, torch.Generator().manual_seed(0))
     plan = paged_attention._plan(make_ctx(list(cached), list(new), tables), "cpu")
     assert plan.pre == [b for b, n in enumerate(new) if n > 1] and plan.mask.shape[0] == new.count(1)
-    test_gqa_paged_attention_matches_causal_attention("mixed")
+    test_gqa_paged_attention_matches_causal_attention("mixed", "native")
     test_mla_paged_attention_matches_decompressed_causal_attention("mixed", "native")

@@ -1,11 +1,12 @@
 """Native CPU kernels: C sources in r1kit/models/csrc, compiled on first use with the system C compiler.
 
 Some CPU work is all call overhead or copies when written as torch ops: a decode step's routed experts are ~60 tiny
-matmuls per MoE layer (csrc/routed_swiglu.c), and MLA decode gathers every row's paged context into a padded copy
-before attending (csrc/mla_decode.c). Those few kernels are plain C (no torch headers: a build takes a few
-seconds), compiled together for this machine (-march=native) into one shared library cached under
-$R1KIT_CACHE_DIR/kernels (default ~/.cache/r1kit/kernels), keyed by a hash of the source, the compiler, the flags
-and the CPU, and called through ctypes on the tensors' memory. Nothing depends on them: without a C compiler, or
+matmuls per MoE layer (csrc/routed_swiglu.c), and paged decode attention gathers every row's context into a padded
+copy before attending (csrc/mla_decode.c, csrc/gqa_decode.c; shared vector code in csrc/dots.h). Those few
+kernels are plain C (no torch headers: a build takes a few seconds), compiled together for this machine
+(-march=native) into one shared library cached under $R1KIT_CACHE_DIR/kernels (default ~/.cache/r1kit/kernels),
+keyed by a hash of the source, the compiler, the flags and the CPU, and called through ctypes on the tensors'
+memory. Nothing depends on them: without a C compiler, or
 with R1KIT_NATIVE=0, or when a build fails, `load` returns None (after one warning) and the wrappers below return
 None, so callers keep their PyTorch path. The compiler is $CC, else cc.
 """
@@ -111,6 +112,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     signatures = {
         "routed_swiglu_f32": [ptr] * 7 + [i64] * 5 + [ctypes.c_int],
         "mla_decode_f32": [ptr] * 5 + [i64] * 7 + [ctypes.c_float, ctypes.c_int],
+        "gqa_decode_f32": [ptr] * 5 + [i64] * 7 + [ctypes.c_float, ctypes.c_int],
     }
     for name, args in signatures.items():
         f = getattr(lib, name)
@@ -160,4 +162,23 @@ def mla_decode(q: torch.Tensor, cache: torch.Tensor, tables: torch.Tensor, lens:
                             dk, r, cache.shape[1], tables.shape[1], cache.shape[0], scale, torch.get_num_threads())
     if rc != 0:
         raise RuntimeError("native mla_decode failed (block ids or lengths out of range, or out of memory)")
+    return out
+
+
+def gqa_decode(q: torch.Tensor, cache: torch.Tensor, tables: torch.Tensor, lens: torch.Tensor,
+               scale: float) -> torch.Tensor | None:
+    """csrc/gqa_decode.c: q [N, Hq, D], cache [num_blocks, block_size, 2, Hkv, D], tables [N, nblk] and lens [N]
+    of each row -> [N, Hq, D]. None when the kernel is unavailable or the tensors are not CPU fp32."""
+    lib = _usable(q, cache)
+    if lib is None or tables.device.type != "cpu" or not cache.is_contiguous():
+        return None
+    n, hq, d = q.shape
+    hkv = cache.shape[3]
+    q, tables, lens = q.contiguous(), tables.to(torch.int64).contiguous(), lens.to(torch.int64).contiguous()
+    out = q.new_empty(n, hq, d)
+    rc = lib.gqa_decode_f32(q.data_ptr(), cache.data_ptr(), tables.data_ptr(), lens.data_ptr(), out.data_ptr(), n,
+                            hq, hkv, d, cache.shape[1], tables.shape[1], cache.shape[0], scale,
+                            torch.get_num_threads())
+    if rc != 0:
+        raise RuntimeError("native gqa_decode failed (block ids or lengths out of range, or out of memory)")
     return out

@@ -33,12 +33,22 @@ static inline vf reduce16(const vf *v) {
          + SHUF(c[0], c[1], 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
 }
 
-/* o[r][j] = dot(a[r], wt[j]) for r < rows (<= 4), j < cols; rows of a and of wt have length len. A 4 x 4 block
- * of dot products per pass: 8 vector loads feed 16 FMAs. Missing rows (rows < 4) recompute row 0 unstored. */
-static void dots4(const float *const *a_in, int rows, const float *wt, int64_t cols, int64_t len, float *const *o) {
+/* o[r][j] = dot(a[r], wt[j]) for r < rows (<= 4), j < cols; the dots run over len floats, and row j of wt starts
+ * at wt + j * ws. A 4 x 4 block of dot products per pass: 8 vector loads feed 16 FMAs. Missing rows (rows < 4)
+ * recompute row 0 unstored. */
+static void dots4(const float *const *a_in, int rows, const float *wt, int64_t ws, int64_t cols, int64_t len,
+                  float *const *o) {
     const int64_t lv = len - len % VL;
+    /* a tail of len % VL floats (len >= VL) runs as one more vector over the last VL floats, with the a-lanes that
+     * the full vectors already covered zeroed: no scalar loop */
+    const int vtail = lv < len && len >= VL;
     const float *a[4];
-    for (int r = 0; r < 4; r++) a[r] = a_in[r < rows ? r : 0];
+    vf at[4] = {{0}};
+    for (int r = 0; r < 4; r++) {
+        a[r] = a_in[r < rows ? r : 0];
+        if (vtail)
+            for (int l = 0; l < VL; l++) at[r][l] = len - VL + l < lv ? 0.f : a[r][len - VL + l];
+    }
     int64_t j0 = 0;
     for (; j0 + 4 <= cols; j0 += 4) {
         vf acc[16] = {{0}};  /* acc[4 * j + r]: row r, column j0 + j */
@@ -46,29 +56,125 @@ static void dots4(const float *const *a_in, int rows, const float *wt, int64_t c
             vf av[4];
             for (int r = 0; r < 4; r++) av[r] = *(const vf_u *)(a[r] + c);
             for (int j = 0; j < 4; j++) {
-                vf wv = *(const vf_u *)(wt + (j0 + j) * len + c);
+                vf wv = *(const vf_u *)(wt + (j0 + j) * ws + c);
                 for (int r = 0; r < 4; r++) acc[4 * j + r] += av[r] * wv;
             }
         }
+        if (vtail)
+            for (int j = 0; j < 4; j++) {
+                vf wv = *(const vf_u *)(wt + (j0 + j) * ws + len - VL);
+                for (int r = 0; r < 4; r++) acc[4 * j + r] += at[r] * wv;
+            }
         vf sum = reduce16(acc);
         for (int j = 0; j < 4; j++)
             for (int r = 0; r < rows; r++) {
                 float t = sum[4 * j + r];
-                for (int64_t c = lv; c < len; c++) t += a[r][c] * wt[(j0 + j) * len + c];
+                if (!vtail)
+                    for (int64_t c = lv; c < len; c++) t += a[r][c] * wt[(j0 + j) * ws + c];
                 o[r][j0 + j] = t;
             }
     }
     for (; j0 < cols; j0++)  /* leftover columns (cols % 4) */
         for (int r = 0; r < rows; r++) {
             float t = 0.f;
-            for (int64_t c = 0; c < len; c++) t += a[r][c] * wt[j0 * len + c];
+            for (int64_t c = 0; c < len; c++) t += a[r][c] * wt[j0 * ws + c];
             o[r][j0] = t;
         }
 }
 
 /* dots4 over any number of rows, four at a time */
-static void dots(const float *const *a, int rows, const float *wt, int64_t cols, int64_t len, float *const *o) {
-    for (int r0 = 0; r0 < rows; r0 += 4) dots4(a + r0, rows - r0 < 4 ? rows - r0 : 4, wt, cols, len, o + r0);
+static void dots(const float *const *a, int rows, const float *wt, int64_t ws, int64_t cols, int64_t len,
+                 float *const *o) {
+    for (int r0 = 0; r0 < rows; r0 += 4) dots4(a + r0, rows - r0 < 4 ? rows - r0 : 4, wt, ws, cols, len, o + r0);
+}
+
+/* Paged attention of one sequence's query heads: softmax(scale * q . key_j) over its first len tokens, then
+ * out[hh] = sum_j p[hh, j] * value_j. Token j lives in block table[j / bs] at offset j % bs of a cache whose tokens
+ * are ts floats apart; its key is the d floats at kv + (block * bs + offset) * ts, its value the dv floats at the
+ * same place from vv (MLA: the latent is both, values its first R floats; GQA: one kv head's K and V).
+ * scores: float[h * len] scratch. Keys are read in place, once for all h heads. */
+static void paged_attend(const float *const *q, int64_t h, const float *kv, const float *vv, int64_t ts,
+                         const int64_t *table, int64_t bs, int64_t len, int64_t d, int64_t dv, float scale,
+                         float *scores, float *const *out) {
+    float *sh[64];
+    for (int64_t h0 = 0; h0 < h; h0 += 64) {  /* heads in chunks of 64 (pointer arrays on the stack) */
+        const int64_t hn = h - h0 < 64 ? h - h0 : 64;
+        for (int64_t j0 = 0; j0 < len; j0 += bs) {  /* scores of one block's keys */
+            for (int64_t hh = 0; hh < hn; hh++) sh[hh] = scores + (h0 + hh) * len + j0;
+            dots(q + h0, (int)hn, kv + table[j0 / bs] * bs * ts, ts, len - j0 < bs ? len - j0 : bs, d, sh);
+        }
+    }
+    for (int64_t hh = 0; hh < h; hh++) {  /* softmax over the keys (max from a real score: no -inf under fast-math) */
+        float *s = scores + hh * len, mx = s[0] * scale, sum = 0.f;
+        for (int64_t j = 1; j < len; j++) mx = s[j] * scale > mx ? s[j] * scale : mx;
+        for (int64_t j = 0; j < len; j++) sum += (s[j] = expf(s[j] * scale - mx));
+        const float inv = 1.f / sum;
+        for (int64_t j = 0; j < len; j++) s[j] *= inv;
+    }
+    /* out = p @ values: 4 heads x 2 vectors of out accumulate while the values stream past (2 loads and 4
+     * broadcasts feed 8 FMAs); then 4 heads x 1 vector; scalar only when dv < VL */
+    for (int64_t h0 = 0; h0 < h; h0 += 4) {
+        const int64_t hn = h - h0 < 4 ? h - h0 : 4;
+        const float *ph[4];
+        for (int q_ = 0; q_ < 4; q_++) ph[q_] = scores + (h0 + (q_ < hn ? q_ : 0)) * len;  /* missing: unstored */
+        int64_t c0 = 0;
+        for (; c0 + 2 * VL <= dv; c0 += 2 * VL) {
+            vf acc[4][2] = {{{0}}};
+            for (int64_t j0 = 0; j0 < len; j0 += bs) {
+                const float *blk = vv + table[j0 / bs] * bs * ts + c0;
+                const int64_t jn = len - j0 < bs ? len - j0 : bs;
+                for (int64_t t = 0; t < jn; t++) {
+                    const vf l0 = *(const vf_u *)(blk + t * ts), l1 = *(const vf_u *)(blk + t * ts + VL);
+                    for (int q_ = 0; q_ < 4; q_++) {
+                        acc[q_][0] += ph[q_][j0 + t] * l0;
+                        acc[q_][1] += ph[q_][j0 + t] * l1;
+                    }
+                }
+            }
+            for (int q_ = 0; q_ < hn; q_++) {
+                *(vf_u *)(out[h0 + q_] + c0) = acc[q_][0];
+                *(vf_u *)(out[h0 + q_] + c0 + VL) = acc[q_][1];
+            }
+        }
+        /* then single vectors; a tail of dv % VL columns (dv >= VL) runs as the vector over the last VL columns:
+         * the columns it shares with the ones already done get the same sums again */
+        for (; c0 < dv && dv >= VL; c0 += VL) {
+            if (c0 > dv - VL) c0 = dv - VL;
+            vf acc[4] = {{0}};
+            for (int64_t j0 = 0; j0 < len; j0 += bs) {
+                const float *blk = vv + table[j0 / bs] * bs * ts + c0;
+                const int64_t jn = len - j0 < bs ? len - j0 : bs;
+                for (int64_t t = 0; t < jn; t++) {
+                    const vf l0 = *(const vf_u *)(blk + t * ts);
+                    for (int q_ = 0; q_ < 4; q_++) acc[q_] += ph[q_][j0 + t] * l0;
+                }
+            }
+            for (int q_ = 0; q_ < hn; q_++) *(vf_u *)(out[h0 + q_] + c0) = acc[q_];
+        }
+        if (c0 < dv) {
+            float acc[4][VL] = {{0}};
+            for (int64_t j0 = 0; j0 < len; j0 += bs) {
+                const float *blk = vv + table[j0 / bs] * bs * ts;
+                const int64_t jn = len - j0 < bs ? len - j0 : bs;
+                for (int64_t t = 0; t < jn; t++)
+                    for (int q_ = 0; q_ < 4; q_++)
+                        for (int64_t c = c0; c < dv; c++) acc[q_][c - c0] += ph[q_][j0 + t] * blk[t * ts + c];
+            }
+            for (int q_ = 0; q_ < hn; q_++)
+                for (int64_t c = c0; c < dv; c++) out[h0 + q_][c] = acc[q_][c - c0];
+        }
+    }
+}
+
+/* Whether every row's length fits its table and every block id it reads is in [0, num_blocks): 0 if so. */
+static int check_tables(const int64_t *tables, const int64_t *lens, int64_t n, int64_t bs, int64_t nblk,
+                        int64_t num_blocks) {
+    for (int64_t row = 0; row < n; row++) {
+        if (lens[row] < 1 || lens[row] > nblk * bs) return -1;
+        for (int64_t b = 0; b < (lens[row] + bs - 1) / bs; b++)
+            if (tables[row * nblk + b] < 0 || tables[row * nblk + b] >= num_blocks) return -1;
+    }
+    return 0;
 }
 
 #endif

@@ -65,7 +65,7 @@ int routed_swiglu_f32(const float *x, const int64_t *idx, const float *w, const 
                 ar[r] = act + r * i;
                 yr[r] = work + order[s + r] * d;  /* the (token, slot) pair's own row: no two items share one */
             }
-            dots(xr, rows, gate_up + ex * 2 * i * d, 2 * i, d, hr);  /* [rows, 2I]: gate and up */
+            dots(xr, rows, gate_up + ex * 2 * i * d, d, 2 * i, d, hr);  /* [rows, 2I]: gate and up */
             for (int r = 0; r < rows; r++) {
                 const float wr = w[order[s + r]];  /* routing weight, applied on the narrow side (I < D) */
                 for (int64_t c = 0; c < i; c++) {
@@ -73,7 +73,7 @@ int routed_swiglu_f32(const float *x, const int64_t *idx, const float *w, const 
                     act[r * i + c] = g / (1.f + expf(-g)) * hr[r][i + c] * wr;
                 }
             }
-            dots(ar, rows, down + ex * d * i, d, i, yr);  /* [rows, D] */
+            dots(ar, rows, down + ex * d * i, i, d, i, yr);  /* [rows, D] */
         }
         free(h);
         free(act);
