@@ -49,7 +49,7 @@ def test_native_routed_experts_match_a_per_token_reference(lib, threads):
     torch.testing.assert_close(out.double(), experts_reference(x, idx, w, gate_up, down), rtol=1e-5, atol=1e-6)
 
 
-def test_routed_experts_use_the_native_kernel_only_without_gradients(lib, monkeypatch):
+def test_routed_experts_use_the_native_kernel_only_for_few_rows_per_expert_without_gradients(lib, monkeypatch):
     import r1kit.models.grouped_experts as ge
 
     calls = []
@@ -57,14 +57,19 @@ def test_routed_experts_use_the_native_kernel_only_without_gradients(lib, monkey
     monkeypatch.setattr(native, "routed_swiglu", lambda *a: calls.append(1) or real(*a))
     g = torch.Generator().manual_seed(1)
     x, idx, w = torch.randn(8, 16, generator=g), torch.randint(0, 4, (8, 2), generator=g), torch.rand(8, 2)
-    gate_up = torch.randn(4, 8, 16, generator=g).requires_grad_()
-    down = torch.randn(4, 16, 4, generator=g).requires_grad_()
+    gate_up = (0.3 * torch.randn(4, 8, 16, generator=g)).requires_grad_()
+    down = (0.3 * torch.randn(4, 16, 4, generator=g)).requires_grad_()
     trained = ge.routed_swiglu(x, idx, w, gate_up, down)
     assert trained.requires_grad and not calls  # training keeps the autograd path
     with torch.no_grad():
         inferred = ge.routed_swiglu(x, idx, w, gate_up, down)
     assert calls == [1]
-    torch.testing.assert_close(inferred, trained.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(inferred, trained.detach(), rtol=1e-5, atol=1e-5)
+    many = ge.NATIVE_MAX_ROWS_PER_EXPERT * 4 // 2 + 1  # tokens: just over the rows-per-expert limit (4 experts, K=2)
+    x, idx, w = torch.randn(many, 16, generator=g), torch.randint(0, 4, (many, 2), generator=g), torch.rand(many, 2)
+    with torch.no_grad():
+        ge.routed_swiglu(x, idx, w, gate_up, down)
+    assert calls == [1]  # prefill-sized batches keep MKL's grouped matmuls
 
 
 def test_native_routed_experts_reject_expert_ids_out_of_range(lib):

@@ -11,10 +11,10 @@ Three formulations:
   gradients are written expert by expert into uninitialised stacked tensors (only experts without rows are zeroed).
   Compared with plain autograd over a Python loop of per-expert `F.linear` calls this avoids ~10 autograd nodes per
   expert, a cat and a stack; compared with autograd's `x[token]` it avoids the slow accumulating index_put_.
-- native (CPU, fp32, no gradients: decode, prefill, reference logprobs): the C kernel of csrc/routed_swiglu.c
+- native (CPU, fp32, no gradients, a few rows per expert: decode): the C kernel of csrc/routed_swiglu.c
   (r1kit/models/native.py builds it on first use), which spreads (expert, row tile) items over the threads instead
-  of forking and joining for each tiny matmul: 1.5-3x faster than the two below at 8-4096 tokens on a 2-core CPU.
-  Used whenever it is available; otherwise the two below.
+  of forking and joining for each tiny matmul: 1.3-2.8x faster than the two below at decode sizes on a 2-core CPU.
+  Used when it is available and the experts average at most NATIVE_MAX_ROWS_PER_EXPERT rows.
 - padded (decode-sized batches without gradients): with a handful of rows per expert a per-expert matmul costs
   more in call and threading overhead than in FLOPs, so the rows are copied into [E, cap, D] (cap = the most rows
   any expert has, zero padding) and each projection is one torch.bmm over the stacked weights.
@@ -29,6 +29,11 @@ import torch.nn.functional as F
 
 from r1kit.models import native
 
+# The C kernel runs (without gradients, on CPU) while the experts average at most this many rows: beyond that,
+# MKL's matmuls on an expert's contiguous rows use its weights better. Measured on a 2-core CPU against the torch
+# path: 64 experts of width 64 (the small preset): 1.1-1.9x faster up to 32 rows (1.4x at 64, 0.8x at 256);
+# 16 experts of width 256: 1.7x at 4 rows, on par at 16-32, 0.8x from 128.
+NATIVE_MAX_ROWS_PER_EXPERT = 32
 # Without gradients the padded formulation runs when no expert has more than PADDED_MAX_ROWS rows and the padded
 # batch [E, cap] holds at most PADDED_MAX_WASTE times the real rows (measured on a 2-core CPU, see
 # bench/moe_decode.py: with two threads a per-expert mm of a few rows costs more in threading and call overhead
@@ -181,7 +186,7 @@ def routed_swiglu(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, gate_up: 
         x, gate_up, down = x.to(dt), gate_up.to(dt), down.to(dt)
     w = w.to(x.dtype)
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, w, gate_up, down))
-    if not grad and x.device.type == "cpu":
+    if not grad and x.device.type == "cpu" and n * k <= NATIVE_MAX_ROWS_PER_EXPERT * gate_up.shape[0]:
         out = native.routed_swiglu(x, idx, w, gate_up, down)
         if out is not None:
             return out

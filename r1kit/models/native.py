@@ -56,13 +56,13 @@ def _cpu_id() -> str:
 def _build(compiler: str) -> Path | None:
     sources = sorted(SOURCES.glob("*.c"))
     text = "\0".join(f.read_text() for f in sorted(SOURCES.iterdir()) if f.suffix in (".c", ".h"))
+    error = ""
     try:
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
+    except (OSError, subprocess.SubprocessError) as exc:
+        version, error = None, str(exc)
     out_dir = cache_dir()
-    error = ""
-    for cflags, ldflags in FLAG_SETS:
+    for cflags, ldflags in FLAG_SETS if version is not None else ():
         key = hashlib.sha256("\0".join([text, version, " ".join(cflags + ldflags), _cpu_id()]).encode()).hexdigest()
         lib = out_dir / f"r1kit_cpu-{key[:16]}.so"
         if lib.exists():
