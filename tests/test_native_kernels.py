@@ -80,10 +80,23 @@ def test_native_routed_experts_reject_expert_ids_out_of_range(lib):
 
 
 def test_native_kernels_decline_what_they_do_not_handle(lib):
+    # other dtypes and mismatched shapes go back to the PyTorch path (which names the problem), never into C
     x, idx, w = torch.randn(2, 16), torch.tensor([[1], [2]]), torch.rand(2, 1)
     gate_up, down = torch.randn(4, 8, 16), torch.randn(4, 16, 4)
     assert native.routed_swiglu(x.bfloat16(), idx, w.bfloat16(), gate_up.bfloat16(), down.bfloat16()) is None
     assert native.routed_swiglu(x.double(), idx, w.double(), gate_up.double(), down.double()) is None
+    assert native.routed_swiglu(x, idx, w, gate_up, torch.randn(4, 12, 4)) is None  # down's D differs from x's
+    assert native.routed_swiglu(x[:, :8], idx, w, gate_up, down) is None
+    tables, lens = torch.tensor([[0]]), torch.tensor([3])
+    assert native.mla_decode(torch.randn(1, 2, 40), torch.zeros(2, 16, 24), tables, lens, 16, 1.0) is None
+    assert native.gqa_decode(torch.randn(1, 5, 16), torch.zeros(2, 16, 2, 2, 16), tables, lens, 1.0) is None  # 5 % 2
+    assert native.gqa_decode(torch.randn(1, 4, 64), torch.zeros(2, 16, 2, 2, 32), tables, lens, 1.0) is None
+
+
+def test_native_routed_experts_with_no_slots_give_zeros(lib):
+    out = native.routed_swiglu(torch.randn(3, 16), torch.zeros(3, 0, dtype=torch.long), torch.zeros(3, 0),
+                               torch.randn(4, 8, 16), torch.randn(4, 16, 4))
+    assert out.shape == (3, 16) and not out.any()
 
 
 # 6 heads (a group of 4 and one of 2), R = 40 (one 32-wide vector pass and an 8-wide tail), rope 8, blocks of 16:
@@ -176,6 +189,46 @@ def test_missing_or_failing_compiler_falls_back_to_pytorch_with_a_warning(tmp_pa
         with torch.no_grad():
             out = ge.routed_swiglu(x, idx, w, gate_up, down)  # the PyTorch path
         torch.testing.assert_close(out.double(), experts_reference(x, idx, w, gate_up, down), rtol=1e-5, atol=1e-6)
+    finally:
+        native.load.cache_clear()
+
+
+def test_an_unusable_cache_directory_falls_back_with_a_warning(tmp_path, monkeypatch):
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    monkeypatch.setenv("R1KIT_CACHE_DIR", str(not_a_dir))
+    native.load.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="failed"):
+            assert native.load() is None
+    finally:
+        native.load.cache_clear()
+
+
+def test_a_flag_set_the_compiler_rejects_is_not_retried_once_another_built(tmp_path, monkeypatch):
+    # a compiler without glibc's libmvec (macOS, musl): the first flag set fails, the second builds; the next
+    # start finds that library without compiling anything
+    if native.load() is None:
+        pytest.skip("no C compiler for the native CPU kernels")
+    import shutil
+
+    log = tmp_path / "calls"
+    cc = tmp_path / "cc-without-libmvec"
+    cc.write_text(f'#!/bin/sh\necho "$@" >> {log}\ncase "$*" in *-lmvec*) echo "cannot find -lmvec" >&2; exit 1;; esac\n'
+                  f'exec {shutil.which("cc")} "$@"\n')
+    cc.chmod(0o755)
+    monkeypatch.setenv("R1KIT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("CC", str(cc))
+    native.load.cache_clear()
+    try:
+        assert native.load() is not None
+        builds = [line for line in log.read_text().splitlines() if "--version" not in line]
+        assert any("-lmvec" in line for line in builds) and any("-shared" in line and "-lmvec" not in line
+                                                                 for line in builds)
+        log.write_text("")
+        native.load.cache_clear()
+        assert native.load() is not None
+        assert all("--version" in line for line in log.read_text().splitlines())  # nothing compiled
     finally:
         native.load.cache_clear()
 

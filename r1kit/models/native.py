@@ -53,45 +53,42 @@ def _cpu_id() -> str:
         return platform.processor() or platform.machine()
 
 
-def _build(compiler: str) -> Path | None:
+def _build(compiler: str) -> Path:
+    """The library for this source, compiler and CPU: a cached one built with any of FLAG_SETS if there is one (so
+    a flag set that fails here is not retried at every start), else the first that builds. Raises RuntimeError."""
     sources = sorted(SOURCES.glob("*.c"))
     text = "\0".join(f.read_text() for f in sorted(SOURCES.iterdir()) if f.suffix in (".c", ".h"))
-    error = ""
-    try:
-        version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError) as exc:
-        version, error = None, str(exc)
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
     out_dir = cache_dir()
-    for cflags, ldflags in FLAG_SETS if version is not None else ():
-        key = hashlib.sha256("\0".join([text, version, " ".join(cflags + ldflags), _cpu_id()]).encode()).hexdigest()
-        lib = out_dir / f"r1kit_cpu-{key[:16]}.so"
+    libs = [out_dir / ("r1kit_cpu-" + hashlib.sha256("\0".join([text, version, " ".join(cflags + ldflags),
+                                                                   _cpu_id()]).encode()).hexdigest()[:16] + ".so")
+            for cflags, ldflags in FLAG_SETS]
+    for lib in libs:
         if lib.exists():
             return lib
-        out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    error = ""
+    for (cflags, ldflags), lib in zip(FLAG_SETS, libs):
         with tempfile.TemporaryDirectory(dir=out_dir, prefix=".build-") as tmp:
             objects = [str(Path(tmp) / f"{src.stem}.o") for src in sources]
             steps = [[compiler, "-c", "-fPIC", "-std=c11", *cflags, "-o", obj, str(src)]
                      for src, obj in zip(sources, objects)]
             steps.append([compiler, "-shared", "-o", f"{tmp}/lib.so", *objects, *ldflags])
-            try:
-                for cmd in steps:
-                    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-                    if run.returncode != 0:
-                        error = (run.stderr.strip().splitlines() or [f"exit status {run.returncode}"])[-1]
-                        break
-                else:
-                    os.replace(f"{tmp}/lib.so", lib)  # atomic: concurrent builds (torchrun ranks) publish whole files
-                    return lib
-            except (OSError, subprocess.SubprocessError) as exc:
-                error = str(exc)
-    warnings.warn(f"r1kit: building the native CPU kernels with {compiler} failed ({error}); using the PyTorch "
-                  "path", RuntimeWarning, stacklevel=3)
-    return None
+            for cmd in steps:
+                run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+                if run.returncode != 0:
+                    error = (run.stderr.strip().splitlines() or [f"exit status {run.returncode}"])[-1]
+                    break
+            else:
+                os.replace(f"{tmp}/lib.so", lib)  # atomic: concurrent builds (torchrun ranks) publish whole files
+                return lib
+    raise RuntimeError(error)
 
 
 @functools.cache
 def load() -> ctypes.CDLL | None:
-    """The kernels' shared library, built if needed; None when native kernels are off or cannot be built."""
+    """The kernels' shared library, built if needed; None when native kernels are off or cannot be built or
+    loaded (with one warning: whatever goes wrong here, callers fall back to their PyTorch path)."""
     if os.environ.get("R1KIT_NATIVE", "1") == "0":
         return None
     compiler = os.environ.get("CC") or "cc"
@@ -99,12 +96,14 @@ def load() -> ctypes.CDLL | None:
         warnings.warn(f"r1kit: no C compiler ({compiler!r}; set CC) for the native CPU kernels; using the slower "
                       "PyTorch path", RuntimeWarning, stacklevel=2)
         return None
-    path = _build(compiler)
-    if path is None:
+    try:
+        lib = ctypes.CDLL(str(_build(compiler)))
+        _declare(lib)
+        return lib
+    except Exception as exc:  # a failed compile, an unwritable cache dir, a library that does not load
+        warnings.warn(f"r1kit: building the native CPU kernels with {compiler} failed ({exc}); using the PyTorch "
+                      "path", RuntimeWarning, stacklevel=2)
         return None
-    lib = ctypes.CDLL(str(path))
-    _declare(lib)
-    return lib
 
 
 def _declare(lib: ctypes.CDLL) -> None:
@@ -131,12 +130,14 @@ def routed_swiglu(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, gate_up: 
     """csrc/routed_swiglu.c on CPU fp32 tensors (no autograd): the contract of grouped_experts.routed_swiglu.
     None when the kernel is unavailable or the inputs are not CPU fp32; the caller then uses its PyTorch path."""
     lib = _usable(x, w, gate_up, down)
-    if lib is None or idx.device.type != "cpu":
+    if lib is None or idx.device.type != "cpu" or idx.dim() != 2 or gate_up.dim() != 3:
         return None
     n, k = idx.shape
     e, i2, d = gate_up.shape
-    if n == 0:
-        return x.new_zeros(0, d)
+    if x.shape != (n, d) or w.shape != (n, k) or down.shape != (e, d, i2 // 2) or i2 % 2:
+        return None  # the PyTorch path says what is wrong
+    if n == 0 or k == 0:
+        return x.new_zeros(n, d)
     x, w, gate_up, down = (t.contiguous() for t in (x, w, gate_up, down))
     idx = idx.to(torch.int64).contiguous()
     out, work = x.new_empty(n, d), x.new_empty(n * k, d)
@@ -153,9 +154,11 @@ def mla_decode(q: torch.Tensor, cache: torch.Tensor, tables: torch.Tensor, lens:
     [N, nblk] block ids and lens [N] context lengths of each row -> [N, H, R] attention-weighted latents. None when
     the kernel is unavailable or the tensors are not CPU fp32."""
     lib = _usable(q, cache)
-    if lib is None or tables.device.type != "cpu" or not cache.is_contiguous():
+    if lib is None or tables.device.type != "cpu" or not cache.is_contiguous() or q.dim() != 3 or cache.dim() != 3:
         return None
     n, h, dk = q.shape
+    if cache.shape[2] != dk or not 0 < r <= dk or tables.dim() != 2 or tables.shape[0] != n or lens.shape != (n,):
+        return None
     q, tables, lens = q.contiguous(), tables.to(torch.int64).contiguous(), lens.to(torch.int64).contiguous()
     out = q.new_empty(n, h, r)
     rc = lib.mla_decode_f32(q.data_ptr(), cache.data_ptr(), tables.data_ptr(), lens.data_ptr(), out.data_ptr(), n, h,
@@ -170,10 +173,13 @@ def gqa_decode(q: torch.Tensor, cache: torch.Tensor, tables: torch.Tensor, lens:
     """csrc/gqa_decode.c: q [N, Hq, D], cache [num_blocks, block_size, 2, Hkv, D], tables [N, nblk] and lens [N]
     of each row -> [N, Hq, D]. None when the kernel is unavailable or the tensors are not CPU fp32."""
     lib = _usable(q, cache)
-    if lib is None or tables.device.type != "cpu" or not cache.is_contiguous():
+    if lib is None or tables.device.type != "cpu" or not cache.is_contiguous() or q.dim() != 3 or cache.dim() != 5:
         return None
     n, hq, d = q.shape
     hkv = cache.shape[3]
+    if (cache.shape[2] != 2 or cache.shape[4] != d or hkv == 0 or hq % hkv or tables.dim() != 2
+            or tables.shape[0] != n or lens.shape != (n,)):
+        return None
     q, tables, lens = q.contiguous(), tables.to(torch.int64).contiguous(), lens.to(torch.int64).contiguous()
     out = q.new_empty(n, hq, d)
     rc = lib.gqa_decode_f32(q.data_ptr(), cache.data_ptr(), tables.data_ptr(), lens.data_ptr(), out.data_ptr(), n,
