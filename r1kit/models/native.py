@@ -6,9 +6,9 @@ copy before attending (csrc/mla_decode.c, csrc/gqa_decode.c; shared vector code 
 kernels are plain C (no torch headers: a build takes a few seconds), compiled together for this machine
 (-march=native) into one shared library cached under $R1KIT_CACHE_DIR/kernels (default ~/.cache/r1kit/kernels),
 keyed by a hash of the source, the compiler, the flags and the CPU, and called through ctypes on the tensors'
-memory. Nothing depends on them: without a C compiler, or
-with R1KIT_NATIVE=0, or when a build fails, `load` returns None (after one warning) and the wrappers below return
-None, so callers keep their PyTorch path. The compiler is $CC, else cc.
+memory. Nothing depends on them: without a C compiler, with R1KIT_NATIVE=0, or when a build or load fails, `load`
+returns None (after one warning), and so do the wrappers below for inputs they do not handle (other devices or
+dtypes, mismatched shapes): callers then keep their PyTorch path. The compiler is $CC, else cc.
 """
 from __future__ import annotations
 
