@@ -2,7 +2,7 @@
 
 One decode step of N sequences whose contexts (L/2 to L tokens) sit in scattered KV blocks: `gqa_paged_attention`
 (Llama / Qwen) and `mla_paged_attention` (DeepSeek-V3, after weight absorption) as the engine calls them, with the
-native kernels (`r1kit/models/csrc/gqa_decode.c`, `mla_decode.c`: each row reads its blocks in place) and with them
+native kernel (`r1kit/models/csrc/paged_decode.c`: each row reads its blocks in place) and with them
 switched off (the PyTorch path gathers every row's context into a padded copy, masks it, and runs SDPA / two bmm).
 ms per call (the cache write of the new token included), median of the repeats, and the max |diff|.
 

@@ -20,7 +20,8 @@ Three formulations:
   any expert has, zero padding) and each projection is one torch.bmm over the stacked weights.
 The routing weight is applied to the [rows, I] activation rather than the [rows, D] output: the same product, less
 memory traffic (I < D for fine-grained experts). K outputs are summed in fp32 for half-precision inputs.
-Under autocast both run in the autocast dtype (like F.linear would): x and the expert weights are cast on entry.
+Under autocast the grouped and padded formulations run in the autocast dtype (like F.linear would): x and the
+expert weights are cast on entry (the native one is fp32-only and steps aside).
 """
 from __future__ import annotations
 

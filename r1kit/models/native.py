@@ -2,7 +2,7 @@
 
 Some CPU work is all call overhead or copies when written as torch ops: a decode step's routed experts are ~60 tiny
 matmuls per MoE layer (csrc/routed_swiglu.c), and paged decode attention gathers every row's context into a padded
-copy before attending (csrc/mla_decode.c, csrc/gqa_decode.c; shared vector code in csrc/dots.h). Those few
+copy before attending (csrc/paged_decode.c, for MLA and GQA caches; shared vector code in csrc/dots.h). Those few
 kernels are plain C (no torch headers: a build takes a few seconds), compiled together for this machine
 (-march=native) into one shared library cached under $R1KIT_CACHE_DIR/kernels (default ~/.cache/r1kit/kernels),
 keyed by a hash of the source, the compiler, the flags and the CPU, and called through ctypes on the tensors'
@@ -110,8 +110,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     ptr, i64 = ctypes.c_void_p, ctypes.c_int64
     signatures = {
         "routed_swiglu_f32": [ptr] * 7 + [i64] * 5 + [ctypes.c_int],
-        "mla_decode_f32": [ptr] * 5 + [i64] * 7 + [ctypes.c_float, ctypes.c_int],
-        "gqa_decode_f32": [ptr] * 5 + [i64] * 7 + [ctypes.c_float, ctypes.c_int],
+        "paged_decode_f32": [ptr] * 6 + [i64] * 10 + [ctypes.c_float, ctypes.c_int],
     }
     for name, args in signatures.items():
         f = getattr(lib, name)
@@ -150,41 +149,42 @@ def routed_swiglu(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, gate_up: 
 
 def mla_decode(q: torch.Tensor, cache: torch.Tensor, tables: torch.Tensor, lens: torch.Tensor,
                r: int, scale: float) -> torch.Tensor | None:
-    """csrc/mla_decode.c: q [N, H, R + rope] absorbed queries, cache [num_blocks, block_size, R + rope], tables
-    [N, nblk] block ids and lens [N] context lengths of each row -> [N, H, R] attention-weighted latents. None when
-    the kernel is unavailable or the tensors are not CPU fp32."""
-    lib = _usable(q, cache)
-    if lib is None or tables.device.type != "cpu" or not cache.is_contiguous() or q.dim() != 3 or cache.dim() != 3:
+    """csrc/paged_decode.c for MLA: q [N, H, R + rope] absorbed queries, cache [num_blocks, block_size, R + rope],
+    tables [N, nblk] block ids and lens [N] context lengths of each row -> [N, H, R] attention-weighted latents
+    (multi-query: the latent is the key, its first R floats the value). None when the kernel cannot take them."""
+    if q.dim() != 3 or cache.dim() != 3 or cache.shape[2] != q.shape[2] or not 0 < r <= q.shape[2]:
         return None
-    n, h, dk = q.shape
-    if cache.shape[2] != dk or not 0 < r <= dk or tables.dim() != 2 or tables.shape[0] != n or lens.shape != (n,):
-        return None
-    q, tables, lens = q.contiguous(), tables.to(torch.int64).contiguous(), lens.to(torch.int64).contiguous()
-    out = q.new_empty(n, h, r)
-    rc = lib.mla_decode_f32(q.data_ptr(), cache.data_ptr(), tables.data_ptr(), lens.data_ptr(), out.data_ptr(), n, h,
-                            dk, r, cache.shape[1], tables.shape[1], cache.shape[0], scale, torch.get_num_threads())
-    if rc != 0:
-        raise RuntimeError("native mla_decode failed (block ids or lengths out of range, or out of memory)")
-    return out
+    return _paged_decode(q, cache, tables, lens, hkv=1, dv=r, value_offset=0, kv_stride=0, scale=scale)
 
 
 def gqa_decode(q: torch.Tensor, cache: torch.Tensor, tables: torch.Tensor, lens: torch.Tensor,
                scale: float) -> torch.Tensor | None:
-    """csrc/gqa_decode.c: q [N, Hq, D], cache [num_blocks, block_size, 2, Hkv, D], tables [N, nblk] and lens [N]
-    of each row -> [N, Hq, D]. None when the kernel is unavailable or the tensors are not CPU fp32."""
-    lib = _usable(q, cache)
-    if lib is None or tables.device.type != "cpu" or not cache.is_contiguous() or q.dim() != 3 or cache.dim() != 5:
+    """csrc/paged_decode.c for GQA: q [N, Hq, D], cache [num_blocks, block_size, 2, Hkv, D], tables [N, nblk] and
+    lens [N] of each row -> [N, Hq, D]. None when the kernel cannot take them."""
+    if q.dim() != 3 or cache.dim() != 5 or cache.shape[2] != 2 or cache.shape[4] != q.shape[2]:
         return None
-    n, hq, d = q.shape
-    hkv = cache.shape[3]
-    if (cache.shape[2] != 2 or cache.shape[4] != d or hkv == 0 or hq % hkv or tables.dim() != 2
+    hkv, d = cache.shape[3], q.shape[2]
+    if hkv == 0 or q.shape[1] % hkv:
+        return None
+    return _paged_decode(q, cache, tables, lens, hkv=hkv, dv=d, value_offset=hkv * d, kv_stride=d, scale=scale)
+
+
+def _paged_decode(q, cache, tables, lens, hkv: int, dv: int, value_offset: int, kv_stride: int,
+                  scale: float) -> torch.Tensor | None:
+    """Both layouts: a token of the cache is cache[block, offset] flattened; kv head g's key starts g * kv_stride
+    floats into it, its value value_offset + g * kv_stride floats in (see csrc/paged_decode.c)."""
+    lib = _usable(q, cache)
+    n = q.shape[0]
+    if (lib is None or tables.device.type != "cpu" or not cache.is_contiguous() or tables.dim() != 2
             or tables.shape[0] != n or lens.shape != (n,)):
         return None
+    hq, d = q.shape[1:]
     q, tables, lens = q.contiguous(), tables.to(torch.int64).contiguous(), lens.to(torch.int64).contiguous()
-    out = q.new_empty(n, hq, d)
-    rc = lib.gqa_decode_f32(q.data_ptr(), cache.data_ptr(), tables.data_ptr(), lens.data_ptr(), out.data_ptr(), n,
-                            hq, hkv, d, cache.shape[1], tables.shape[1], cache.shape[0], scale,
-                            torch.get_num_threads())
+    out = q.new_empty(n, hq, dv)
+    k = cache.data_ptr()
+    rc = lib.paged_decode_f32(q.data_ptr(), k, k + value_offset * cache.element_size(), tables.data_ptr(),
+                              lens.data_ptr(), out.data_ptr(), n, hq, hkv, d, dv, cache[0, 0].numel(), kv_stride,
+                              cache.shape[1], tables.shape[1], cache.shape[0], scale, torch.get_num_threads())
     if rc != 0:
-        raise RuntimeError("native gqa_decode failed (block ids or lengths out of range, or out of memory)")
+        raise RuntimeError("native paged_decode failed (block ids or lengths out of range, or out of memory)")
     return out

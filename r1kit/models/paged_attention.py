@@ -9,8 +9,8 @@ Two paths:
   through `block_tables` into one [N, L_max, ...] tensor, keys past each row's length are masked, and one
   batched attention runs over it (GQA: a fused SDPA call on strided K/V views, query heads grouped by kv head; MLA: two batched
   matmuls over the latent); softmax runs in fp32. On CPU with an fp32 cache the batched rows instead go to the C
-  kernels of csrc/gqa_decode.c and csrc/mla_decode.c (r1kit/models/native.py), which read each row's blocks in
-  place: no padded copy, no mask. The gather index and the mask are the same in every layer: the
+  kernel of csrc/paged_decode.c (r1kit/models/native.py), which reads each row's blocks in place: no padded
+  copy, no mask. The gather index and the mask are the same in every layer: the
   first layer builds them and keeps them in `ctx.derived`.
 - prefill / chunked prefill (more new tokens): one scaled_dot_product_attention per sequence, with the causal
   diagonal shifted by the cached prefix length.
@@ -158,12 +158,12 @@ def gqa_paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache
     plan = _plan(ctx, q.device)
     pre, starts, rows = plan.pre, plan.starts, plan.rows
     if plan.mask is not None:
-        qd = q if rows is None else q[rows]  # [N, Hq, D]
-        o = native.gqa_decode(qd.to(cache.dtype), cache, plan.tables, plan.lens, scale)  # in place via the tables
+        qd = (q if rows is None else q[rows]).to(cache.dtype)  # [N, Hq, D]
+        o = native.gqa_decode(qd, cache, plan.tables, plan.lens, scale)  # in place through the tables
         if o is None:
             kv = _gather(cache, plan)  # [N, L, 2, Hkv, D]: the one copy of the cached K/V
             kk, vv = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)  # [N, Hkv, L, D] strided views
-            qg = qd.view(qd.shape[0], Hkv, group, D).to(cache.dtype)  # query heads grouped by their kv head
+            qg = qd.view(qd.shape[0], Hkv, group, D)  # query heads grouped by their kv head
             # one batched attention (fused kernel: softmax accumulated in fp32, strided K/V read without a copy)
             o = F.scaled_dot_product_attention(qg, kk, vv, attn_mask=plan.mask[:, None, None, :], scale=scale)
         out = _place(out, o.reshape(qd.shape[0], Hq, -1).to(q.dtype), rows)
