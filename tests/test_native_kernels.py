@@ -49,6 +49,21 @@ def test_native_routed_experts_match_a_per_token_reference(lib, threads):
     torch.testing.assert_close(out.double(), experts_reference(x, idx, w, gate_up, down), rtol=1e-5, atol=1e-6)
 
 
+# Expert j gets j + 1 rows (1..9): every remainder of the kernel's 4-row blocks (a 2-row and a 1-row block, with
+# more weight rows each) and a second 8-row tile; widths that leave partial 16-row weight chunks and vector tails,
+# and an expert width below one vector (i = 12: the scalar path).
+@pytest.mark.parametrize("i", [20, 12])
+def test_native_routed_experts_match_the_reference_for_every_row_count_of_an_expert(lib, i):
+    g = torch.Generator().manual_seed(1)
+    e, d = 9, 40
+    idx = torch.tensor([j for j in range(e) for _ in range(j + 1)])[torch.randperm(45, generator=g)].view(15, 3)
+    x, w = torch.randn(15, d, generator=g), torch.rand(15, 3, generator=g)
+    gate_up, down = 0.3 * torch.randn(e, 2 * i, d, generator=g), 0.3 * torch.randn(e, d, i, generator=g)
+    out = native.routed_swiglu(x, idx, w, gate_up, down)
+    assert out is not None
+    torch.testing.assert_close(out.double(), experts_reference(x, idx, w, gate_up, down), rtol=1e-5, atol=1e-6)
+
+
 def test_routed_experts_use_the_native_kernel_only_for_few_rows_per_expert_without_gradients(lib, monkeypatch):
     import r1kit.models.grouped_experts as ge
 
@@ -83,7 +98,8 @@ def test_native_kernels_decline_what_they_do_not_handle(lib):
     # other dtypes and mismatched shapes go back to the PyTorch path (which names the problem), never into C
     x, idx, w = torch.randn(2, 16), torch.tensor([[1], [2]]), torch.rand(2, 1)
     gate_up, down = torch.randn(4, 8, 16), torch.randn(4, 16, 4)
-    assert native.routed_swiglu(x.bfloat16(), idx, w.bfloat16(), gate_up.bfloat16(), down.bfloat16()) is None
+    assert native.routed_swiglu(x, idx, w, gate_up.bfloat16(), down) is None  # one bf16 and one fp32 weight
+    assert native.routed_swiglu(x.half(), idx, w.half(), gate_up.half(), down.half()) is None
     assert native.routed_swiglu(x.double(), idx, w.double(), gate_up.double(), down.double()) is None
     assert native.routed_swiglu(x, idx, w, gate_up, torch.randn(4, 12, 4)) is None  # down's D differs from x's
     assert native.routed_swiglu(x[:, :8], idx, w, gate_up, down) is None
@@ -91,6 +107,46 @@ def test_native_kernels_decline_what_they_do_not_handle(lib):
     assert native.mla_decode(torch.randn(1, 2, 40), torch.zeros(2, 16, 24), tables, lens, 16, 1.0) is None
     assert native.gqa_decode(torch.randn(1, 5, 16), torch.zeros(2, 16, 2, 2, 16), tables, lens, 1.0) is None  # 5 % 2
     assert native.gqa_decode(torch.randn(1, 4, 64), torch.zeros(2, 16, 2, 2, 32), tables, lens, 1.0) is None
+    assert native.mla_decode(torch.randn(1, 2, 24), torch.zeros(2, 16, 24).half(), tables, lens, 16, 1.0) is None
+
+
+# A bf16 model: its expert weights are read as bf16 and widened to fp32, so the result is the fp32 computation on
+# the bf16 weights (x may be either dtype; the output has x's dtype).
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16])
+def test_native_routed_experts_over_bf16_weights_compute_in_fp32(lib, x_dtype):
+    g = torch.Generator().manual_seed(5)
+    e, d, i = 9, 40, 20
+    idx = torch.tensor([j for j in range(e) for _ in range(j + 1)])[torch.randperm(45, generator=g)].view(15, 3)
+    x, w = torch.randn(15, d, generator=g).to(x_dtype), torch.rand(15, 3, generator=g).to(x_dtype)
+    gate_up = (0.3 * torch.randn(e, 2 * i, d, generator=g)).bfloat16()
+    down = (0.3 * torch.randn(e, d, i, generator=g)).bfloat16()
+    out = native.routed_swiglu(x, idx, w, gate_up, down)
+    assert out is not None and out.dtype == x_dtype
+    expected = experts_reference(x.float(), idx, w.float(), gate_up.float(), down.float())
+    tol = dict(rtol=1e-5, atol=1e-6) if x_dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)  # bf16 output
+    torch.testing.assert_close(out.double(), expected, **tol)
+
+
+@pytest.mark.parametrize("layout", ["mla", "gqa"])
+def test_native_decode_attention_over_a_bf16_cache_matches_fp32_attention_on_its_values(lib, layout):
+    g = torch.Generator().manual_seed(6)
+    bs, num_blocks, nblk = 16, 30, 5
+    lens = torch.tensor([1, 16, 37, 70, 5])
+    tables = torch.randperm(num_blocks, generator=g)[:len(lens) * nblk].view(len(lens), nblk)
+    if layout == "mla":
+        cache, q = torch.randn(num_blocks, bs, 48, generator=g).bfloat16(), torch.randn(5, 6, 48, generator=g)
+
+        def decode(q, cache):
+            return native.mla_decode(q, cache, tables, lens, 40, 0.3)
+    else:
+        cache, q = torch.randn(num_blocks, bs, 2, 2, 40, generator=g).bfloat16(), torch.randn(5, 6, 40, generator=g)
+
+        def decode(q, cache):
+            return native.gqa_decode(q, cache, tables, lens, 0.2)
+    out = decode(q, cache)
+    assert out is not None and out.dtype == torch.float32
+    torch.testing.assert_close(out, decode(q, cache.float()), rtol=1e-6, atol=1e-6)  # the fp32 kernel, tested above
+    assert decode(q.bfloat16(), cache).dtype == torch.bfloat16
 
 
 def test_native_routed_experts_with_no_slots_give_zeros(lib):

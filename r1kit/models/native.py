@@ -6,7 +6,8 @@ copy before attending (csrc/paged_decode.c, for MLA and GQA caches; shared vecto
 kernels are plain C (no torch headers: a build takes a few seconds), compiled together for this machine
 (-march=native) into one shared library cached under $R1KIT_CACHE_DIR/kernels (default ~/.cache/r1kit/kernels),
 keyed by a hash of the source, the compiler, the flags and the CPU, and called through ctypes on the tensors'
-memory. Nothing depends on them: without a C compiler, with R1KIT_NATIVE=0, or when a build or load fails, `load`
+memory. They compute in fp32; the weights and KV cache they read may also be bf16 (a model loaded in bf16), widened
+to fp32 as they load, which halves the memory traffic of a decode step. Nothing depends on them: without a C compiler, with R1KIT_NATIVE=0, or when a build or load fails, `load`
 returns None (after one warning), and so do the wrappers below for inputs they do not handle (other devices or
 dtypes, mismatched shapes): callers then keep their PyTorch path. The compiler is $CC, else cc.
 """
@@ -110,7 +111,9 @@ def _declare(lib: ctypes.CDLL) -> None:
     ptr, i64 = ctypes.c_void_p, ctypes.c_int64
     signatures = {
         "routed_swiglu_f32": [ptr] * 7 + [i64] * 5 + [ctypes.c_int],
+        "routed_swiglu_bf16w": [ptr] * 7 + [i64] * 5 + [ctypes.c_int],
         "paged_decode_f32": [ptr] * 6 + [i64] * 10 + [ctypes.c_float, ctypes.c_int],
+        "paged_decode_bf16kv": [ptr] * 6 + [i64] * 10 + [ctypes.c_float, ctypes.c_int],
     }
     for name, args in signatures.items():
         f = getattr(lib, name)
@@ -118,7 +121,8 @@ def _declare(lib: ctypes.CDLL) -> None:
 
 
 def _usable(*tensors: torch.Tensor) -> ctypes.CDLL | None:
-    """The library, if every tensor is a CPU fp32 tensor (the kernels' only dtype) and it is available."""
+    """The library, if every tensor is a CPU fp32 tensor and it is available (the wrappers check bf16 weights and
+    caches themselves)."""
     if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
         return None
     return load()
@@ -126,9 +130,15 @@ def _usable(*tensors: torch.Tensor) -> ctypes.CDLL | None:
 
 def routed_swiglu(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, gate_up: torch.Tensor,
                   down: torch.Tensor) -> torch.Tensor | None:
-    """csrc/routed_swiglu.c on CPU fp32 tensors (no autograd): the contract of grouped_experts.routed_swiglu.
-    None when the kernel is unavailable or the inputs are not CPU fp32; the caller then uses its PyTorch path."""
-    lib = _usable(x, w, gate_up, down)
+    """csrc/routed_swiglu.c (no autograd): the contract of grouped_experts.routed_swiglu, on CPU tensors, for fp32
+    experts with fp32 x and w, or bf16 experts (a bf16 model) with x and w of either dtype. bf16 weights are widened
+    to fp32 as they load: half the memory traffic, fp32 arithmetic; the output has x's dtype. None when the kernel
+    is unavailable or the inputs are not of that kind; the caller then uses its PyTorch path."""
+    half = gate_up.dtype == down.dtype == torch.bfloat16
+    if half and x.dtype in (torch.float32, torch.bfloat16) and w.dtype in (torch.float32, torch.bfloat16):
+        lib = _usable(x.float(), w.float()) if gate_up.device.type == down.device.type == "cpu" else None
+    else:
+        lib = _usable(x, w, gate_up, down)
     if lib is None or idx.device.type != "cpu" or idx.dim() != 2 or gate_up.dim() != 3:
         return None
     n, k = idx.shape
@@ -137,14 +147,15 @@ def routed_swiglu(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, gate_up: 
         return None  # the PyTorch path says what is wrong
     if n == 0 or k == 0:
         return x.new_zeros(n, d)
-    x, w, gate_up, down = (t.contiguous() for t in (x, w, gate_up, down))
+    xf, w, gate_up, down = (t.contiguous() for t in (x.float(), w.float(), gate_up, down))
     idx = idx.to(torch.int64).contiguous()
-    out, work = x.new_empty(n, d), x.new_empty(n * k, d)
-    rc = lib.routed_swiglu_f32(x.data_ptr(), idx.data_ptr(), w.data_ptr(), gate_up.data_ptr(), down.data_ptr(),
-                               out.data_ptr(), work.data_ptr(), n, k, e, d, i2 // 2, torch.get_num_threads())
+    out, work = xf.new_empty(n, d), xf.new_empty(n * k, d)
+    kernel = lib.routed_swiglu_bf16w if half else lib.routed_swiglu_f32
+    rc = kernel(xf.data_ptr(), idx.data_ptr(), w.data_ptr(), gate_up.data_ptr(), down.data_ptr(), out.data_ptr(),
+                work.data_ptr(), n, k, e, d, i2 // 2, torch.get_num_threads())
     if rc != 0:
         raise RuntimeError(f"native routed_swiglu failed (expert ids outside [0, {e}) or out of memory)")
-    return out
+    return out.to(x.dtype)
 
 
 def mla_decode(q: torch.Tensor, cache: torch.Tensor, tables: torch.Tensor, lens: torch.Tensor,
@@ -172,19 +183,23 @@ def gqa_decode(q: torch.Tensor, cache: torch.Tensor, tables: torch.Tensor, lens:
 def _paged_decode(q, cache, tables, lens, hkv: int, dv: int, value_offset: int, kv_stride: int,
                   scale: float) -> torch.Tensor | None:
     """Both layouts: a token of the cache is cache[block, offset] flattened; kv head g's key starts g * kv_stride
-    floats into it, its value value_offset + g * kv_stride floats in (see csrc/paged_decode.c)."""
-    lib = _usable(q, cache)
+    elements into it, its value value_offset + g * kv_stride elements in (see csrc/paged_decode.c). An fp32 cache
+    takes fp32 queries; a bf16 cache (a bf16 model's) takes fp32 or bf16 queries, computed in fp32. The output has
+    q's dtype."""
+    half = cache.dtype == torch.bfloat16 and q.dtype in (torch.float32, torch.bfloat16)
+    lib = (_usable(q.float()) if cache.device.type == "cpu" else None) if half else _usable(q, cache)
     n = q.shape[0]
     if (lib is None or tables.device.type != "cpu" or not cache.is_contiguous() or tables.dim() != 2
             or tables.shape[0] != n or lens.shape != (n,)):
         return None
     hq, d = q.shape[1:]
-    q, tables, lens = q.contiguous(), tables.to(torch.int64).contiguous(), lens.to(torch.int64).contiguous()
-    out = q.new_empty(n, hq, dv)
+    qf, tables, lens = q.float().contiguous(), tables.to(torch.int64).contiguous(), lens.to(torch.int64).contiguous()
+    out = qf.new_empty(n, hq, dv)
     k = cache.data_ptr()
-    rc = lib.paged_decode_f32(q.data_ptr(), k, k + value_offset * cache.element_size(), tables.data_ptr(),
-                              lens.data_ptr(), out.data_ptr(), n, hq, hkv, d, dv, cache[0, 0].numel(), kv_stride,
-                              cache.shape[1], tables.shape[1], cache.shape[0], scale, torch.get_num_threads())
+    kernel = lib.paged_decode_bf16kv if half else lib.paged_decode_f32
+    rc = kernel(qf.data_ptr(), k, k + value_offset * cache.element_size(), tables.data_ptr(), lens.data_ptr(),
+                out.data_ptr(), n, hq, hkv, d, dv, cache[0, 0].numel(), kv_stride, cache.shape[1], tables.shape[1],
+                cache.shape[0], scale, torch.get_num_threads())
     if rc != 0:
         raise RuntimeError("native paged_decode failed (block ids or lengths out of range, or out of memory)")
-    return out
+    return out.to(q.dtype)

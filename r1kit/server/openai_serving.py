@@ -245,6 +245,20 @@ def _sse(data: dict) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
+def _chunk_writer(ctx: ServingContext, req, rid: str, created: int, obj: str):
+    """(chunk(choices, **extra) -> one SSE event of a streamed response, include_usage). With
+    stream_options.include_usage every chunk carries "usage": null except the last one, as OpenAI sends them."""
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+
+    def chunk(choices: list[dict], **extra: Any) -> str:
+        body = {"id": rid, "object": obj, "created": created, "model": ctx.model_name, "choices": choices, **extra}
+        if include_usage:
+            body.setdefault("usage", None)
+        return _sse(body)
+
+    return chunk, include_usage
+
+
 def _stream_error(e: Exception) -> str:
     return _sse(error_body(500, f"generation failed: {e}", code="engine_error")) + "data: [DONE]\n\n"
 
@@ -288,18 +302,10 @@ async def chat_completion(ctx: ServingContext, req: ChatCompletionRequest, reque
 
 async def _chat_events(ctx: ServingContext, req: ChatCompletionRequest, stream, rid: str, created: int,
                        prompt_len: int, thinking: bool, top_n: int):
-    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    chunk, include_usage = _chunk_writer(ctx, req, rid, created, "chat.completion.chunk")
     sent = [[0, 0, 0] for _ in range(req.n)]  # per choice: reasoning chars, content chars, tokens with logprobs
     done = [False] * req.n
     out = None
-
-    def chunk(choices: list[dict], **extra: Any) -> str:
-        body = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": ctx.model_name,
-                "choices": choices, **extra}
-        if include_usage:
-            body.setdefault("usage", None)
-        return _sse(body)
-
     try:
         yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                       "finish_reason": None} for i in range(req.n)])
@@ -366,18 +372,10 @@ async def completion(ctx: ServingContext, req: CompletionRequest, request: Reque
 
 async def _completion_events(ctx: ServingContext, req: CompletionRequest, stream, rid: str, created: int,
                              prompt_len: int, echo: str):
-    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    chunk, include_usage = _chunk_writer(ctx, req, rid, created, "text_completion")
     sent = [[0, 0] for _ in range(req.n)]  # per choice: text chars, tokens with logprobs
     done = [False] * req.n
     out = None
-
-    def chunk(choices: list[dict], **extra: Any) -> str:
-        body = {"id": rid, "object": "text_completion", "created": created, "model": ctx.model_name,
-                "choices": choices, **extra}
-        if include_usage:
-            body.setdefault("usage", None)
-        return _sse(body)
-
     try:
         if echo:
             yield chunk([{"index": i, "text": echo, "logprobs": None, "finish_reason": None} for i in range(req.n)])

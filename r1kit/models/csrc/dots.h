@@ -12,6 +12,26 @@
 
 typedef float vf __attribute__((vector_size(VL * sizeof(float))));
 typedef float vf_u __attribute__((vector_size(VL * sizeof(float)), aligned(4)));  /* unaligned load */
+typedef uint16_t vh_u __attribute__((vector_size(VL * sizeof(uint16_t)), aligned(2)));  /* VL bf16, unaligned */
+typedef uint32_t vu __attribute__((vector_size(VL * sizeof(uint32_t))));
+
+/* bf16 -> fp32 is exact: the bf16 bits are the float's upper half */
+static inline float bf16_to_f32(uint16_t h) {
+    const uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* VL weights of row p from offset c: fp32 as stored, or bf16 (wbf16) widened to fp32 (zero-extend, shift) */
+static inline __attribute__((always_inline)) vf load_w(const int wbf16, const void *p, int64_t c) {
+    if (wbf16) return (vf)(__builtin_convertvector(*(const vh_u *)((const uint16_t *)p + c), vu) << 16);
+    return *(const vf_u *)((const float *)p + c);
+}
+
+static inline __attribute__((always_inline)) float scalar_w(const int wbf16, const void *p, int64_t c) {
+    return wbf16 ? bf16_to_f32(((const uint16_t *)p)[c]) : ((const float *)p)[c];
+}
 
 #define SHUF __builtin_shufflevector
 
@@ -33,68 +53,80 @@ static inline vf reduce16(const vf *v) {
          + SHUF(c[0], c[1], 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
 }
 
-/* o[r][j] = dot(a[r], wt[j]) for r < rows (<= 4), j < cols; the dots run over len floats, and row j of wt starts
- * at wt + j * ws. A 4 x 4 block of dot products per pass: 8 vector loads feed 16 FMAs. Missing rows (rows < 4)
+/* o[r][j0 + j] = dot(a[r], wt row j0 + j) for r < R, j < jn (<= 16 / R): one block of 16 accumulators (R rows x
+ * 16 / R weight rows; R is a constant where this is inlined, so the loops unroll). Per pass R + 16 / R vector loads
+ * feed 16 FMAs. The dots run over len floats; row j of wt starts at wt + j * ws. Missing weight rows (jn < 16 / R)
  * recompute row 0 unstored. */
-static void dots4(const float *const *a_in, int rows, const float *wt, int64_t ws, int64_t cols, int64_t len,
-                  float *const *o) {
+static inline __attribute__((always_inline)) void dots_block(const int wbf16, const int R, const float *const *a,
+                                                            const void *wt, int64_t ws, int64_t j0, int64_t jn,
+                                                            int64_t len, float *const *o) {
+    const int C = 16 / R;
     const int64_t lv = len - len % VL;
     /* a tail of len % VL floats (len >= VL) runs as one more vector over the last VL floats, with the a-lanes that
      * the full vectors already covered zeroed: no scalar loop */
     const int vtail = lv < len && len >= VL;
-    const float *a[4];
-    vf at[4] = {{0}};
-    for (int r = 0; r < 4; r++) {
-        a[r] = a_in[r < rows ? r : 0];
-        if (vtail)
-            for (int l = 0; l < VL; l++) at[r][l] = len - VL + l < lv ? 0.f : a[r][len - VL + l];
+    const void *w[16];
+    for (int j = 0; j < C; j++) {
+        const int64_t off = (j0 + (j < jn ? j : 0)) * ws;
+        w[j] = wbf16 ? (const void *)((const uint16_t *)wt + off) : (const void *)((const float *)wt + off);
     }
-    int64_t j0 = 0;
-    for (; j0 + 4 <= cols; j0 += 4) {
-        vf acc[16] = {{0}};  /* acc[4 * j + r]: row r, column j0 + j */
-        for (int64_t c = 0; c < lv; c += VL) {
-            vf av[4];
-            for (int r = 0; r < 4; r++) av[r] = *(const vf_u *)(a[r] + c);
-            for (int j = 0; j < 4; j++) {
-                vf wv = *(const vf_u *)(wt + (j0 + j) * ws + c);
-                for (int r = 0; r < 4; r++) acc[4 * j + r] += av[r] * wv;
-            }
+    vf acc[16] = {{0}};  /* acc[R * j + r]: row r, weight row j0 + j */
+    for (int64_t c = 0; c < lv; c += VL) {
+        vf av[4];
+        for (int r = 0; r < R; r++) av[r] = *(const vf_u *)(a[r] + c);
+        for (int j = 0; j < C; j++) {
+            const vf wv = load_w(wbf16, w[j], c);
+            for (int r = 0; r < R; r++) acc[R * j + r] += av[r] * wv;
         }
-        if (vtail)
-            for (int j = 0; j < 4; j++) {
-                vf wv = *(const vf_u *)(wt + (j0 + j) * ws + len - VL);
-                for (int r = 0; r < 4; r++) acc[4 * j + r] += at[r] * wv;
-            }
-        vf sum = reduce16(acc);
-        for (int j = 0; j < 4; j++)
-            for (int r = 0; r < rows; r++) {
-                float t = sum[4 * j + r];
-                if (!vtail)
-                    for (int64_t c = lv; c < len; c++) t += a[r][c] * wt[(j0 + j) * ws + c];
-                o[r][j0 + j] = t;
-            }
     }
-    for (; j0 < cols; j0++)  /* leftover columns (cols % 4) */
-        for (int r = 0; r < rows; r++) {
-            float t = 0.f;
-            for (int64_t c = 0; c < len; c++) t += a[r][c] * wt[j0 * ws + c];
-            o[r][j0] = t;
+    if (vtail) {
+        vf at[4];
+        for (int r = 0; r < R; r++) {
+            float lanes[VL];
+            for (int l = 0; l < VL; l++) lanes[l] = len - VL + l < lv ? 0.f : a[r][len - VL + l];
+            memcpy(&at[r], lanes, sizeof lanes);
+        }
+        for (int j = 0; j < C; j++) {
+            const vf wv = load_w(wbf16, w[j], len - VL);
+            for (int r = 0; r < R; r++) acc[R * j + r] += at[r] * wv;
+        }
+    }
+    const vf sum = reduce16(acc);
+    for (int j = 0; j < jn; j++)
+        for (int r = 0; r < R; r++) {
+            float t = sum[R * j + r];
+            if (!vtail)
+                for (int64_t c = lv; c < len; c++) t += a[r][c] * scalar_w(wbf16, w[j], c);
+            o[r][j0 + j] = t;
         }
 }
 
-/* dots4 over any number of rows, four at a time, in blocks of 16 columns: a block's weight rows stay in L1/L2
- * while every row group passes over them, so the weights are read from memory once, not once per 4 rows */
-static void dots(const float *const *a, int rows, const float *wt, int64_t ws, int64_t cols, int64_t len,
-                 float *const *o) {
-    float *ob[4];
+/* o[r][j] = dot(a[r], wt[j]) for r < rows, j < cols: 4-row blocks, then a 2-row and a 1-row block for the rest of
+ * the rows, each with as many weight rows as keep 16 accumulators busy (a lone row is not computed as 4). Weight rows
+ * go in chunks of 16: a chunk stays in L1/L2 while every row group passes over it, so the weights are read from
+ * memory once, not once per 4 rows. Weights are fp32, or bf16 (wbf16) widened as they load: half the memory
+ * traffic, the same fp32 arithmetic. */
+static inline __attribute__((always_inline)) void dots_w(const int wbf16, const float *const *a, int rows,
+                                                        const void *wt, int64_t ws, int64_t cols, int64_t len,
+                                                        float *const *o) {
     for (int64_t j0 = 0; j0 < cols; j0 += 16) {
         const int64_t jn = cols - j0 < 16 ? cols - j0 : 16;
-        for (int r0 = 0; r0 < rows; r0 += 4) {
-            const int rn = rows - r0 < 4 ? rows - r0 : 4;
-            for (int r = 0; r < rn; r++) ob[r] = o[r0 + r] + j0;
-            dots4(a + r0, rn, wt + j0 * ws, ws, jn, len, ob);
+        int r0 = 0;
+        for (; r0 + 4 <= rows; r0 += 4)
+            for (int64_t j = 0; j < jn; j += 4)
+                dots_block(wbf16, 4, a + r0, wt, ws, j0 + j, jn - j < 4 ? jn - j : 4, len, o + r0);
+        if (rows - r0 >= 2) {
+            for (int64_t j = 0; j < jn; j += 8)
+                dots_block(wbf16, 2, a + r0, wt, ws, j0 + j, jn - j < 8 ? jn - j : 8, len, o + r0);
+            r0 += 2;
         }
+        if (rows - r0 == 1) dots_block(wbf16, 1, a + r0, wt, ws, j0, jn, len, o + r0);
     }
+}
+
+static inline void dots(const float *const *a, int rows, const float *wt, int64_t ws, int64_t cols, int64_t len,
+                        float *const *o) {
+    dots_w(0, a, rows, wt, ws, cols, len, o);
 }
 
 #endif

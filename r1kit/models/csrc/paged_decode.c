@@ -1,11 +1,12 @@
-/* Paged decode attention on CPU, fp32: the batched path of r1kit.models.paged_attention for both cache layouts.
+/* Paged decode attention on CPU: the batched path of r1kit.models.paged_attention for both cache layouts, over an
+ * fp32 or a bf16 cache (a bf16 model's; widened to fp32 as it loads), with fp32 queries, softmax and outputs.
  *
  * Each row (a decode token) attends with its query heads over the first lens[row] tokens of its sequence, whose K/V
  * live in blocks listed by the row's block table. Query heads g * group .. (g + 1) * group - 1 share kv head g.
  * - GQA (Llama / Qwen): cache [num_blocks, bs, 2, hkv, d]; kv head g's key is at token offset g * d, its value at
  *   (hkv + g) * d.
  * - MLA (DeepSeek-V3), after weight absorption: cache [num_blocks, bs, R + rope], one "kv head" (multi-query):
- *   the whole latent [c_kv | k_pe] is the key, its first R floats c_kv the value; queries are absorbed [R + rope]
+ *   the whole latent [c_kv | k_pe] is the key, its first R elements c_kv the value; queries are absorbed [R + rope]
  *   and the output [R] is the probability-weighted latent (W_UV is applied afterwards in torch).
  *
  * Why C: in torch the rows' contexts are first gathered block by block into one padded [N, L_max, ...] copy (a few
@@ -15,20 +16,27 @@
  */
 #include "dots.h"
 
+/* element o of a cache of fp32, or of bf16 when bf */
+static inline const void *elem(const int bf, const void *p, int64_t o) { return (const char *)p + o * (bf ? 2 : 4); }
+
 /* Paged attention of one sequence's query heads: softmax(scale * q . key_j) over its first len tokens, then
  * out[hh] = sum_j p[hh, j] * value_j. Token j lives in block table[j / bs] at offset j % bs of a cache whose tokens
- * are ts floats apart; its key is the d floats at kv + (block * bs + offset) * ts, its value the dv floats at the
- * same place from vv (MLA: the latent is both, values its first R floats; GQA: one kv head's K and V).
+ * are ts elements apart; its key is the d elements at kv + (block * bs + offset) * ts, its value the dv elements at
+ * the same place from vv (MLA: the latent is both, values its first R; GQA: one kv head's K and V). The cache is
+ * fp32, or bf16 when kvbf16 (widened to fp32 as it loads); q, scores and out are fp32.
  * scores: float[h * len] scratch. Keys are read in place, once for all h heads. */
-static void paged_attend(const float *const *q, int64_t h, const float *kv, const float *vv, int64_t ts,
-                         const int64_t *table, int64_t bs, int64_t len, int64_t d, int64_t dv, float scale,
-                         float *scores, float *const *out) {
+static inline __attribute__((always_inline)) void paged_attend(const int kvbf16, const float *const *q, int64_t h,
+                                                              const void *kv, const void *vv, int64_t ts,
+                                                              const int64_t *table, int64_t bs, int64_t len,
+                                                              int64_t d, int64_t dv, float scale, float *scores,
+                                                              float *const *out) {
     float *sh[64];
     for (int64_t h0 = 0; h0 < h; h0 += 64) {  /* heads in chunks of 64 (pointer arrays on the stack) */
         const int64_t hn = h - h0 < 64 ? h - h0 : 64;
         for (int64_t j0 = 0; j0 < len; j0 += bs) {  /* scores of one block's keys */
             for (int64_t hh = 0; hh < hn; hh++) sh[hh] = scores + (h0 + hh) * len + j0;
-            dots(q + h0, (int)hn, kv + table[j0 / bs] * bs * ts, ts, len - j0 < bs ? len - j0 : bs, d, sh);
+            dots_w(kvbf16, q + h0, (int)hn, elem(kvbf16, kv, table[j0 / bs] * bs * ts), ts,
+                   len - j0 < bs ? len - j0 : bs, d, sh);
         }
     }
     for (int64_t hh = 0; hh < h; hh++) {  /* softmax over the keys (max from a real score: no -inf under fast-math) */
@@ -48,10 +56,10 @@ static void paged_attend(const float *const *q, int64_t h, const float *kv, cons
         for (; c0 + 2 * VL <= dv; c0 += 2 * VL) {
             vf acc[4][2] = {{{0}}};
             for (int64_t j0 = 0; j0 < len; j0 += bs) {
-                const float *blk = vv + table[j0 / bs] * bs * ts + c0;
+                const void *blk = elem(kvbf16, vv, table[j0 / bs] * bs * ts + c0);
                 const int64_t jn = len - j0 < bs ? len - j0 : bs;
                 for (int64_t t = 0; t < jn; t++) {
-                    const vf l0 = *(const vf_u *)(blk + t * ts), l1 = *(const vf_u *)(blk + t * ts + VL);
+                    const vf l0 = load_w(kvbf16, blk, t * ts), l1 = load_w(kvbf16, blk, t * ts + VL);
                     for (int q_ = 0; q_ < 4; q_++) {
                         acc[q_][0] += ph[q_][j0 + t] * l0;
                         acc[q_][1] += ph[q_][j0 + t] * l1;
@@ -69,10 +77,10 @@ static void paged_attend(const float *const *q, int64_t h, const float *kv, cons
             if (c0 > dv - VL) c0 = dv - VL;
             vf acc[4] = {{0}};
             for (int64_t j0 = 0; j0 < len; j0 += bs) {
-                const float *blk = vv + table[j0 / bs] * bs * ts + c0;
+                const void *blk = elem(kvbf16, vv, table[j0 / bs] * bs * ts + c0);
                 const int64_t jn = len - j0 < bs ? len - j0 : bs;
                 for (int64_t t = 0; t < jn; t++) {
-                    const vf l0 = *(const vf_u *)(blk + t * ts);
+                    const vf l0 = load_w(kvbf16, blk, t * ts);
                     for (int q_ = 0; q_ < 4; q_++) acc[q_] += ph[q_][j0 + t] * l0;
                 }
             }
@@ -81,11 +89,12 @@ static void paged_attend(const float *const *q, int64_t h, const float *kv, cons
         if (c0 < dv) {
             float acc[4][VL] = {{0}};
             for (int64_t j0 = 0; j0 < len; j0 += bs) {
-                const float *blk = vv + table[j0 / bs] * bs * ts;
+                const void *blk = elem(kvbf16, vv, table[j0 / bs] * bs * ts);
                 const int64_t jn = len - j0 < bs ? len - j0 : bs;
                 for (int64_t t = 0; t < jn; t++)
                     for (int q_ = 0; q_ < 4; q_++)
-                        for (int64_t c = c0; c < dv; c++) acc[q_][c - c0] += ph[q_][j0 + t] * blk[t * ts + c];
+                        for (int64_t c = c0; c < dv; c++)
+                            acc[q_][c - c0] += ph[q_][j0 + t] * scalar_w(kvbf16, blk, t * ts + c);
             }
             for (int q_ = 0; q_ < hn; q_++)
                 for (int64_t c = c0; c < dv; c++) out[h0 + q_][c] = acc[q_][c - c0];
@@ -104,13 +113,16 @@ static int check_tables(const int64_t *tables, const int64_t *lens, int64_t n, i
     return 0;
 }
 
-/* q [n, hq, d], out [n, hq, dv]; token j of a row lives in block tables[row, j / bs] at offset j % bs, a token
- * is ts floats, kv head g's key starts kv_stride * g floats into it in k and its value kv_stride * g floats into it
- * in v (GQA: k = cache, v = cache + hkv * d, kv_stride = d; MLA: hkv = 1, k = v = cache). Returns 0, or -1 on a
- * block id or length out of range or out of memory. */
-int paged_decode_f32(const float *q, const float *k, const float *v, const int64_t *tables, const int64_t *lens,
-                     float *out, int64_t n, int64_t hq, int64_t hkv, int64_t d, int64_t dv, int64_t ts,
-                     int64_t kv_stride, int64_t bs, int64_t nblk, int64_t num_blocks, float scale, int threads) {
+/* q [n, hq, d], out [n, hq, dv] (fp32); token j of a row lives in block tables[row, j / bs] at offset j % bs, a
+ * token is ts elements, kv head g's key starts kv_stride * g elements into it in k and its value kv_stride * g
+ * elements into it in v (GQA: k = cache, v = cache + hkv * d, kv_stride = d; MLA: hkv = 1, k = v = cache); the
+ * cache is fp32, or bf16 when kvbf16. Returns 0, or -1 on a block id or length out of range or out of memory. */
+static inline __attribute__((always_inline)) int paged_decode(const int kvbf16, const float *q, const void *k,
+                                                             const void *v, const int64_t *tables,
+                                                             const int64_t *lens, float *out, int64_t n, int64_t hq,
+                                                             int64_t hkv, int64_t d, int64_t dv, int64_t ts,
+                                                             int64_t kv_stride, int64_t bs, int64_t nblk,
+                                                             int64_t num_blocks, float scale, int threads) {
     if (check_tables(tables, lens, n, bs, nblk, num_blocks) != 0) return -1;
     const int64_t group = hq / hkv;
     int failed = 0;
@@ -131,12 +143,28 @@ int paged_decode_f32(const float *q, const float *k, const float *v, const int64
                 qh[i] = q + (row * hq + g * group + i) * d;
                 oh[i] = out + (row * hq + g * group + i) * dv;
             }
-            paged_attend(qh, group, k + g * kv_stride, v + g * kv_stride, ts, tables + row * nblk, bs, lens[row],
-                         d, dv, scale, scores, oh);
+            paged_attend(kvbf16, qh, group, elem(kvbf16, k, g * kv_stride), elem(kvbf16, v, g * kv_stride), ts,
+                         tables + row * nblk, bs, lens[row], d, dv, scale, scores, oh);
         }
         free(scores);
         free(qh);
         free(oh);
     }
     return failed ? -1 : 0;
+}
+
+int paged_decode_f32(const float *q, const float *k, const float *v, const int64_t *tables, const int64_t *lens,
+                     float *out, int64_t n, int64_t hq, int64_t hkv, int64_t d, int64_t dv, int64_t ts,
+                     int64_t kv_stride, int64_t bs, int64_t nblk, int64_t num_blocks, float scale, int threads) {
+    return paged_decode(0, q, k, v, tables, lens, out, n, hq, hkv, d, dv, ts, kv_stride, bs, nblk, num_blocks,
+                        scale, threads);
+}
+
+/* the same over a bf16 cache (uint16 bit patterns); q and out stay fp32 */
+int paged_decode_bf16kv(const float *q, const uint16_t *k, const uint16_t *v, const int64_t *tables,
+                        const int64_t *lens, float *out, int64_t n, int64_t hq, int64_t hkv, int64_t d, int64_t dv,
+                        int64_t ts, int64_t kv_stride, int64_t bs, int64_t nblk, int64_t num_blocks, float scale,
+                        int threads) {
+    return paged_decode(1, q, k, v, tables, lens, out, n, hq, hkv, d, dv, ts, kv_stride, bs, nblk, num_blocks,
+                        scale, threads);
 }

@@ -1,4 +1,4 @@
-/* Routed SwiGLU experts for decode-sized batches on CPU, fp32, inference only.
+/* Routed SwiGLU experts for decode-sized batches on CPU, inference only: fp32 arithmetic over fp32 or bf16 weights.
  *
  * Same contract as r1kit.models.grouped_experts.routed_swiglu (see its docstring):
  *   out[n] = sum_k w[n,k] * down[e] @ (silu(gate_up[e, :I] @ x[n]) * (gate_up[e, I:] @ x[n])),  e = idx[n,k]
@@ -18,9 +18,14 @@
 #define TILE 8  /* rows per work item: each weight row is loaded once for up to TILE rows */
 
 /* x [n, d], idx/w [n, k], gate_up [e, 2i, d], down [e, d, i] -> out [n, d]. work: float[n * k * d] scratch.
- * Returns 0, or -1 when an expert id is out of range or memory runs out (out is then not written). */
-int routed_swiglu_f32(const float *x, const int64_t *idx, const float *w, const float *gate_up, const float *down,
-                      float *out, float *work, int64_t n, int64_t k, int64_t e, int64_t d, int64_t i, int threads) {
+ * The weights are fp32, or bf16 when wbf16 (then read at half the memory traffic and widened to fp32 as they load;
+ * activations and sums stay fp32). Returns 0, or -1 when an expert id is out of range or memory runs out (out is
+ * then not written). */
+static inline __attribute__((always_inline)) int routed_swiglu(const int wbf16, const float *x, const int64_t *idx,
+                                                              const float *w, const void *gate_up, const void *down,
+                                                              float *out, float *work, int64_t n, int64_t k,
+                                                              int64_t e, int64_t d, int64_t i, int threads) {
+    const int64_t wsize = wbf16 ? 2 : 4;  /* bytes per weight */
     const int64_t m = n * k;
     int64_t *count = calloc(e + 1, sizeof(int64_t)), *order = malloc(m * sizeof(int64_t));
     int64_t *items = malloc((m + e) * 2 * sizeof(int64_t));  /* (first sorted row, rows) per work item */
@@ -65,7 +70,7 @@ int routed_swiglu_f32(const float *x, const int64_t *idx, const float *w, const 
                 ar[r] = act + r * i;
                 yr[r] = work + order[s + r] * d;  /* the (token, slot) pair's own row: no two items share one */
             }
-            dots(xr, rows, gate_up + ex * 2 * i * d, d, 2 * i, d, hr);  /* [rows, 2I]: gate and up */
+            dots_w(wbf16, xr, rows, (const char *)gate_up + ex * 2 * i * d * wsize, d, 2 * i, d, hr);  /* [rows, 2I] */
             for (int r = 0; r < rows; r++) {
                 const float wr = w[order[s + r]];  /* routing weight, applied on the narrow side (I < D) */
                 for (int64_t c = 0; c < i; c++) {
@@ -73,7 +78,7 @@ int routed_swiglu_f32(const float *x, const int64_t *idx, const float *w, const 
                     act[r * i + c] = g / (1.f + expf(-g)) * hr[r][i + c] * wr;
                 }
             }
-            dots(ar, rows, down + ex * d * i, i, d, i, yr);  /* [rows, D] */
+            dots_w(wbf16, ar, rows, (const char *)down + ex * d * i * wsize, i, d, i, yr);  /* [rows, D] */
         }
         free(h);
         free(act);
@@ -91,4 +96,17 @@ int routed_swiglu_f32(const float *x, const int64_t *idx, const float *w, const 
     free(order);
     free(items);
     return failed ? -1 : 0;
+}
+
+
+int routed_swiglu_f32(const float *x, const int64_t *idx, const float *w, const float *gate_up, const float *down,
+                      float *out, float *work, int64_t n, int64_t k, int64_t e, int64_t d, int64_t i, int threads) {
+    return routed_swiglu(0, x, idx, w, gate_up, down, out, work, n, k, e, d, i, threads);
+}
+
+/* the same with bf16 weights (uint16 bit patterns): x, w, out and work stay fp32 */
+int routed_swiglu_bf16w(const float *x, const int64_t *idx, const float *w, const uint16_t *gate_up,
+                        const uint16_t *down, float *out, float *work, int64_t n, int64_t k, int64_t e, int64_t d,
+                        int64_t i, int threads) {
+    return routed_swiglu(1, x, idx, w, gate_up, down, out, work, n, k, e, d, i, threads);
 }
