@@ -7,6 +7,9 @@ policy update per batch (num_iterations 1), beta 0, temperature 1, no gradient c
 Precision: --dtype float32 (default) on both sides, or --dtype bf16: bf16 autocast over fp32 weights on both sides
 (TRL's default, bf16=True; r1kit's dtype=bf16 -- worth it on CPUs with AVX512-BF16/AMX).
 The first step of each is a warm-up and is not counted.
+r1kit runs twice: training on every group, like TRL ("all groups"), and with its default skip_zero_advantage (no
+forward/backward for groups whose rewards are all equal: their policy gradient is exactly zero). How much the skip
+saves depends on how many groups are flat, which the run prints (frac_reward_zero_std).
 SFT: tokens/s of `r1kit train sft` vs a plain transformers loop (AutoModelForCausalLM, AdamW, labels masked to the
 completion) over the same packed rows.
 
@@ -39,19 +42,21 @@ def make_checkpoint(model_type: str, preset: str, root: Path) -> str:
 
 
 def bench_r1kit_grpo(model: str, steps: int, root: Path, g: int, prompts: int, max_len: int,
-                     dtype: str = "float32") -> list[float]:
+                     dtype: str = "float32", skip_zero_advantage: bool = False) -> list[float]:
     from r1kit.train.config import GRPOConfig
     from r1kit.train.grpo import train_grpo
 
     cfg = GRPOConfig(num_generations=g, prompts_per_step=prompts, max_completion_length=max_len, max_steps=steps + 1,
                      micro_batch_size=16, beta=0.0, num_iterations=1, temperature=1.0, lr=1e-6, sample_every=0,
-                     max_prompt_length=256, dtype=dtype)
-    out = root / "r1kit-grpo"
+                     max_prompt_length=256, dtype=dtype, skip_zero_advantage=skip_zero_advantage)
+    out = root / f"r1kit-grpo-skip{int(skip_zero_advantage)}"
     train_grpo(model, str(out), cfg, tasks=[TASK], reward=REWARD)
     rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
     print(f"  r1kit: completion length mean {rows[-1]['completion_length']:.0f}, "
           f"rollout {statistics.mean(r['rollout_time'] for r in rows[1:]):.2f}s, "
-          f"train {statistics.mean(r['train_time'] for r in rows[1:]):.2f}s per step", flush=True)
+          f"train {statistics.mean(r['train_time'] for r in rows[1:]):.2f}s per step, flat groups "
+          f"{[round(r['frac_reward_zero_std'], 2) for r in rows[1:]]}, trained {[r['trained_frac'] for r in rows[1:]]}",
+          flush=True)
     return [r["step_time"] for r in rows[1:]]
 
 
@@ -164,14 +169,19 @@ def main() -> None:
         model = make_checkpoint(a.model_type, a.preset, root)
         print(f"model {a.model_type}-{a.preset}, torch threads {torch.get_num_threads()}, "
               f"G={g}, prompts/step={prompts}, max_completion_length={max_len}, {a.dtype}", flush=True)
+        ours = {}
         if not a.skip_grpo:
-            ours = bench_r1kit_grpo(model, a.steps, root, g, prompts, max_len, a.dtype)
-            print(f"r1kit GRPO: {statistics.median(ours):.2f} s/step  {[round(x, 2) for x in ours]}", flush=True)
+            for skip, name in ((False, "all groups"), (True, "skip_zero_advantage")):
+                ours[name] = bench_r1kit_grpo(model, a.steps, root, g, prompts, max_len, a.dtype, skip)
+                print(f"r1kit GRPO ({name}): {statistics.median(ours[name]):.2f} s/step  "
+                      f"{[round(x, 2) for x in ours[name]]}", flush=True)
         if not a.skip_trl and not a.skip_grpo:
             theirs = bench_trl_grpo(model, a.steps, root, g, prompts, max_len, a.trl_gradient_checkpointing, a.dtype)
             print(f"TRL GRPOTrainer (gradient_checkpointing={a.trl_gradient_checkpointing}): "
                   f"{statistics.median(theirs):.2f} s/step  {[round(x, 2) for x in theirs]}")
-            print(f"GRPO speed-up r1kit vs TRL: {statistics.median(theirs) / statistics.median(ours):.1f}x", flush=True)
+            for name, times in ours.items():
+                print(f"GRPO speed-up r1kit ({name}) vs TRL: "
+                      f"{statistics.median(theirs) / statistics.median(times):.1f}x", flush=True)
         if not a.skip_sft:
             ours_sft = bench_r1kit_sft(model, root, 10, 8, 512, a.dtype)
             hf_sft = bench_hf_sft(model, 10, 8, 512, a.dtype)

@@ -50,10 +50,12 @@ def test_native_routed_experts_match_a_per_token_reference(lib, threads):
 
 
 # Expert j gets j + 1 rows (1..9): every remainder of the kernel's 4-row blocks (a 2-row and a 1-row block, with
-# more weight rows each) and a second 8-row tile; widths that leave partial 16-row weight chunks and vector tails,
-# and an expert width below one vector (i = 12: the scalar path).
+# more weight rows each), split into work items (tiles) of 1, 4 or the default number of rows; widths that leave
+# partial 16-row weight chunks and vector tails, and an expert width below one vector (i = 12: the scalar path).
+@pytest.mark.parametrize("tile", [1, 4, native.ROUTED_TILE])
 @pytest.mark.parametrize("i", [20, 12])
-def test_native_routed_experts_match_the_reference_for_every_row_count_of_an_expert(lib, i):
+def test_native_routed_experts_match_the_reference_for_every_row_count_of_an_expert(lib, i, tile, monkeypatch):
+    monkeypatch.setattr(native, "ROUTED_TILE", tile)
     g = torch.Generator().manual_seed(1)
     e, d = 9, 40
     idx = torch.tensor([j for j in range(e) for _ in range(j + 1)])[torch.randperm(45, generator=g)].view(15, 3)

@@ -107,12 +107,42 @@ def test_truncated_completions_are_masked_and_dynamic_sampling_drops_flat_groups
     assert full and all(r["grad_norm"] == 0.0 and r["loss"] == 0.0 for r in full)
 
 
+def test_skipping_groups_of_equal_rewards_changes_nothing_but_the_work(tiny_checkpoint, tmp_path):
+    """Groups whose rewards are all equal have zero advantages, hence zero policy gradient (beta = 0): skipping their
+    forward and backward must reach the same parameters as training on them."""
+    from safetensors.torch import load_file
+
+    def flat_for_even_prompts(text, ex):
+        return 0.0 if int(ex["prompt"][0]["content"].split()[-1][:-1]) % 2 == 0 else len(text) % 5 / 4
+
+    runs = {}
+    for skip in (True, False):
+        out = tmp_path / f"skip-{skip}"
+        train_grpo(tiny_checkpoint("qwen2"), str(out), _cfg(max_steps=3, micro_batch_size=8, prompts_per_step=4,
+                   max_completion_length=8, sample_every=0, skip_zero_advantage=skip),
+                   examples=EXAMPLES, rewards=[WeightedReward("r", flat_for_even_prompts, 1.0)])
+        runs[skip] = (_metrics(out), load_file(str(out / "final" / "model.safetensors")))
+    (m_skip, w_skip), (m_all, w_all) = runs[True], runs[False]
+    assert all(r["trained_frac"] == 1.0 for r in m_all)
+    assert any(r["trained_frac"] < 1.0 for r in m_skip)         # some flat groups were not run at all
+    for a, b in zip(m_skip, m_all):
+        assert a["trained_frac"] == pytest.approx(1 - a["frac_reward_zero_std"], abs=0.25 + 1e-9)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+    moved = [k for k in w_all if not torch.equal(w_all[k], load_file(os.path.join(tiny_checkpoint("qwen2"),
+                                                                                   "model.safetensors"))[k])]
+    assert moved
+    for k in w_all:
+        assert torch.allclose(w_skip[k], w_all[k], rtol=1e-4, atol=1e-6), k
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("model_type,fsdp", [("qwen2", False), ("deepseek_v3", True)])
-def test_torchrun_two_processes_match_one_process(tiny_checkpoint, tmp_path, model_type, fsdp):
+@pytest.mark.parametrize("model_type,fsdp,flat_even", [("qwen2", False, False), ("deepseek_v3", True, False),
+                                                       ("deepseek_v3", False, True)])
+def test_torchrun_two_processes_match_one_process(tiny_checkpoint, tmp_path, model_type, fsdp, flat_even):
     """Same global batch (4 prompts x 4 completions) on 1 and 2 processes: rollouts are seeded per prompt, so both
     layouts sample the same completions and must reach the same parameters -- for the MoE model also the same
-    router biases, whose updates must use the load summed over ranks."""
+    router biases, whose updates must use the load summed over ranks. flat_even: even prompts get equal rewards and
+    one group per micro-batch, so the ranks skip different numbers of groups and one may train on filler only."""
     from safetensors.torch import load_file
 
     model = tiny_checkpoint(model_type)
@@ -123,11 +153,13 @@ def test_torchrun_two_processes_match_one_process(tiny_checkpoint, tmp_path, mod
         from r1kit.train.grpo import WeightedReward, train_grpo
 
         def digit_fraction(text, example):
+            if {flat_even} and int(example["prompt"][0]["content"].split()[-1][:-1]) % 2 == 0:
+                return 0.0
             return sum(ch.isdigit() for ch in text) / max(len(text), 1)
 
         examples = [{{"prompt": [{{"role": "user", "content": f"Count to {{i}}."}}]}} for i in range(16)]
         cfg = GRPOConfig(num_generations=4, prompts_per_step=4, max_completion_length=10, lr=1e-3, max_steps=3,
-                         lr_schedule="constant", micro_batch_size=32, sample_every=0, seed=0,
+                         lr_schedule="constant", micro_batch_size=4 if {flat_even} else 32, sample_every=0, seed=0,
                          fsdp={fsdp} and len(sys.argv) > 2)
         train_grpo({model!r}, sys.argv[1], cfg, examples=examples,
                    rewards=[WeightedReward("digits", digit_fraction, 1.0)])
@@ -146,6 +178,8 @@ def test_torchrun_two_processes_match_one_process(tiny_checkpoint, tmp_path, mod
         for key in ("reward", "reward_std", "completion_length", "loss", "grad_norm"):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (a["step"], key)
     assert len({m["reward"] for m in one}) > 1                        # the steps did sample different completions
+    if flat_even:
+        assert any(m["trained_frac"] < 1 for m in one) and all(m["trained_frac"] > 0 for m in one)
     w1 = load_file(str(tmp_path / "one" / "final" / "model.safetensors"))
     w2 = load_file(str(tmp_path / "two" / "final" / "model.safetensors"))
     base = load_file(os.path.join(model, "model.safetensors"))

@@ -87,6 +87,15 @@ def test_advantages_for_each_scale_rewards_variant():
         group_advantages(r, 4, "median")
 
 
+def test_a_group_of_equal_rewards_gets_exactly_zero_advantages():
+    # the fp32 mean of eight 0.1s is not 0.1: without the exact zero, "group" scaling turns the residue into ~6e-4
+    r = torch.tensor([0.1] * 8 + [0.7] * 8 + [0.0, 1.0] * 4)
+    for scale in ("group", "batch", "none"):
+        adv = group_advantages(r, 8, scale)
+        assert torch.equal(adv[:16], torch.zeros(16)), scale
+        assert adv[16:].abs().min() > 0.4, scale
+
+
 def test_dynamic_sampling_refills_the_batch_with_informative_groups():
     r = torch.tensor([1.0, 1.0, 0.0, 1.0])
     assert informative_groups(r, 2).tolist() == [False, True]

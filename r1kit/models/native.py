@@ -27,6 +27,10 @@ from pathlib import Path
 import torch
 
 SOURCES = Path(__file__).with_name("csrc")
+# Rows per work item of the routed-experts kernel (at most 64): an item reads its expert's weights once for all of
+# its rows, so fewer, larger items stream less. Measured against 8 on the small preset's 7 MoE layers cycled (2-core
+# Zen 4): 1.4 -> 1.1 ms per layer at 64 tokens, 3.7 -> 3.1 ms at 256, the same at 8.
+ROUTED_TILE = 32
 # (compile flags, link flags), tried in order; the first that builds wins. -ffast-math + glibc's libmvec vectorize
 # expf (the SwiGLU activation: a 2.3x faster kernel); the kernels have no NaN/inf checks that fast-math could fold
 # (softmax's max starts from a real score, not -inf). Objects are linked in a separate step without -ffast-math:
@@ -110,8 +114,8 @@ def load() -> ctypes.CDLL | None:
 def _declare(lib: ctypes.CDLL) -> None:
     ptr, i64 = ctypes.c_void_p, ctypes.c_int64
     signatures = {
-        "routed_swiglu_f32": [ptr] * 7 + [i64] * 5 + [ctypes.c_int],
-        "routed_swiglu_bf16w": [ptr] * 7 + [i64] * 5 + [ctypes.c_int],
+        "routed_swiglu_f32": [ptr] * 7 + [i64] * 5 + [ctypes.c_int] * 2,
+        "routed_swiglu_bf16w": [ptr] * 7 + [i64] * 5 + [ctypes.c_int] * 2,
         "paged_decode_f32": [ptr] * 6 + [i64] * 10 + [ctypes.c_float, ctypes.c_int],
         "paged_decode_bf16kv": [ptr] * 6 + [i64] * 10 + [ctypes.c_float, ctypes.c_int],
     }
@@ -152,7 +156,7 @@ def routed_swiglu(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, gate_up: 
     out, work = xf.new_empty(n, d), xf.new_empty(n * k, d)
     kernel = lib.routed_swiglu_bf16w if half else lib.routed_swiglu_f32
     rc = kernel(xf.data_ptr(), idx.data_ptr(), w.data_ptr(), gate_up.data_ptr(), down.data_ptr(), out.data_ptr(),
-                work.data_ptr(), n, k, e, d, i2 // 2, torch.get_num_threads())
+                work.data_ptr(), n, k, e, d, i2 // 2, ROUTED_TILE, torch.get_num_threads())
     if rc != 0:
         raise RuntimeError(f"native routed_swiglu failed (expert ids outside [0, {e}) or out of memory)")
     return out.to(x.dtype)

@@ -5,7 +5,8 @@ advantage, shared by all of its tokens. The group mean is always subtracted; `sc
     group : by the group's std (GRPO paper / TRL default)
     batch : by the std of all rewards in the batch (more robust when a group's std is tiny)
     none  : no division (Dr. GRPO)
-std is the unbiased sample std (torch.std), and eps is added to it, as TRL does.
+std is the unbiased sample std (torch.std), and eps is added to it, as TRL does. A group whose rewards are all
+equal gets advantages of exactly 0 (the GRPO trainer skips its forward and backward: skip_zero_advantage).
 
 Dynamic sampling (DAPO): a group whose rewards are all equal has zero advantages and teaches nothing, so it is
 dropped and more prompts are sampled until the batch is full again (`fill_informative_groups`).
@@ -28,7 +29,9 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale_rewards: str 
     if rewards.numel() % group_size:
         raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
     r = rewards.float().view(-1, group_size)                                  # [N, G]
-    adv = r - r.mean(dim=1, keepdim=True)
+    # a group whose rewards are all equal gets exactly 0 (its mean can round: 8 x 0.2 in fp32 leaves ~1e-8, which
+    # the group std's eps would blow up to ~1e-4)
+    adv = (r - r.mean(dim=1, keepdim=True)).masked_fill(~informative_groups(rewards, group_size)[:, None], 0.0)
     if scale_rewards == "group":
         std = r.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(r[:, :1])
         adv = adv / (std + eps)

@@ -8,7 +8,8 @@ One optimizer step:
   3. train    : the engine's KV memory is released; num_iterations passes of micro-batched forward/backward of the
                 clipped objective (losses.py; each prompt packed once with its completions, group_packing.py)
                 against the rollout logprobs (num_iterations > 1) or the detached current ones (== 1, as TRL),
-                k3 KL to a frozen reference when beta > 0; clip, step, router bias.
+                k3 KL to a frozen reference when beta > 0; clip, step, router bias. With beta = 0, groups whose
+                rewards are all equal (zero advantages, zero gradient) are skipped (skip_zero_advantage).
   4. log      : metrics.jsonl (+ samples.jsonl), checkpoints (checkpointing.py).
 Examples are dicts with "prompt" (a string or chat messages) plus whatever the rewards need; rewards are
 (completion_text, example) -> float callables with weights.
@@ -210,14 +211,30 @@ def _train_on(samples, adv, train_model, policy, ref, optimizer, scheduler, cfg:
     # micro-batches of whole packed rows: a row is one prompt + k of its completions (group_packing.py)
     # (k divides micro_batch_size, and samples come in whole groups, so every micro-batch is whole rows)
     k = math.gcd(cfg.num_generations, cfg.micro_batch_size)
-    micro = [list(range(i, min(i + cfg.micro_batch_size, len(samples))))
-             for i in range(0, len(samples), cfg.micro_batch_size)]
+    order, n_informative = _training_order(adv, cfg)
+    mbs = cfg.micro_batch_size
+    lead, rest = order[:n_informative], order[n_informative:]
+    micro = [lead[i:i + mbs] for i in range(0, len(lead), mbs)]
+    fill = [rest[i:i + mbs] for i in range(0, len(rest), mbs)]
+    if cfg.skip_zero_advantage and cfg.beta == 0:
+        # the groups past the informative ones carry zero gradient: they are skipped, except as filler where this
+        # rank has fewer micro-batches than the busiest one (collectives must match) or none at all; a filler counts
+        # for nothing (zero advantages, and its tokens are kept out of the MoE balance statistics)
+        fill = fill[:max(int(all_reduce_max([max(len(micro), 1)], info)[0]) - len(micro), 0)]
+        n_fill, n_trained = len(fill), sum(len(idx) for idx in micro)
+    else:
+        n_fill, n_trained = 0, len(samples)
+    micro += fill
+    # the balance loss is a mean over the trained sequences of all ranks (DDP then averages the ranks' gradients)
+    aux_scale = W / max(float(all_reduce_sum([n_trained], info)[0]), 1.0)
     # rollout-time logprobs are the "old" policy when several updates reuse a batch; with one update the ratio is
     # taken against the detached current logprobs (value 1, gradient of the policy), exactly like TRL.
     use_old = cfg.num_iterations > 1
     prepared = []
-    for idx in micro:
+    for j, idx in enumerate(micro):
         batch = pack_groups([samples[i] for i in idx], k, pad_id, device)
+        if j >= len(micro) - n_fill:
+            batch.layout.token_mask = torch.zeros_like(batch.layout.token_mask)
         mask, old = batch.mask * keep[idx].to(device).unsqueeze(1), batch.old_logprobs
         ref_lp = None
         if ref is not None:
@@ -226,13 +243,14 @@ def _train_on(samples, adv, train_model, policy, ref, optimizer, scheduler, cfg:
         if use_old and old is None:
             with torch.no_grad():
                 old, _ = policy_logprobs(unwrap(policy), batch, cfg.temperature, device, cfg.dtype)
-        prepared.append((batch, mask, old if use_old else None, ref_lp, adv[idx].to(device)))
+        prepared.append((batch, mask, old if use_old else None, ref_lp, adv[idx].to(device),
+                         0.0 if j >= len(micro) - n_fill else len(idx) * aux_scale))
     acc = {"loss": 0.0, "clip_frac": 0.0, "clip_low": 0.0, "clip_high": 0.0, "kl": 0.0, "entropy": 0.0,
            "tokens": 0.0}
     grad_norm = 0.0
     lr = scheduler.get_last_lr()[0]
     for it in range(cfg.num_iterations):
-        for j, (batch, mask, old, ref_lp, a) in enumerate(prepared):
+        for j, (batch, mask, old, ref_lp, a, aux_w) in enumerate(prepared):
             last = j == len(prepared) - 1
             ctx = train_model.no_sync() if (not last and hasattr(train_model, "no_sync")) else contextlib.nullcontext()
             with ctx:
@@ -242,7 +260,7 @@ def _train_on(samples, adv, train_model, policy, ref, optimizer, scheduler, cfg:
                                 eps_low=cfg.eps_low, eps_high=cfg.eps_high, beta=cfg.beta,
                                 max_completion_length=cfg.max_completion_length, entropy=ent,
                                 num_sequences=n_seq / W, num_tokens=max(n_tok, 1.0) / W)
-                (out.loss + aux_loss(policy) * (len(a) / len(samples))).backward()
+                (out.loss + aux_loss(policy) * aux_w).backward()
             if it == 0:
                 t = out.num_tokens
                 acc["loss"] += float(out.loss.detach()) / W
@@ -257,8 +275,26 @@ def _train_on(samples, adv, train_model, policy, ref, optimizer, scheduler, cfg:
     tot = all_reduce_sum([acc[k] for k in ("loss", "clip_frac", "clip_low", "clip_high", "kl", "entropy",
                                            "tokens")], info).tolist()
     t = max(tot[6], 1.0)
+    trained = all_reduce_sum([n_trained, len(samples)], info).tolist()  # fillers not counted
     return {"loss": tot[0], "clip_frac": tot[1] / t, "clip_low_frac": tot[2] / t, "clip_high_frac": tot[3] / t,
-            "kl": tot[4] / t, "entropy": tot[5] / t, "grad_norm": grad_norm, "lr": lr}
+            "kl": tot[4] / t, "entropy": tot[5] / t, "grad_norm": grad_norm, "lr": lr,
+            "trained_frac": trained[0] / max(trained[1], 1.0)}
+
+
+def _training_order(adv: torch.Tensor, cfg: GRPOConfig) -> tuple[list[int], int]:
+    """(sample indices in training order, how many of them lead with a gradient).
+
+    A group whose advantages are all zero (its rewards were all equal) contributes exactly nothing to the policy
+    gradient when beta = 0: every token's term is -min(r A, clip(r) A) with A = 0, whatever the ratio r. With
+    skip_zero_advantage those groups go last, so the trainer can stop before them. What it skips is exactly zero
+    policy gradient; the only other term, a DeepSeek-V3 model's small sequence balance loss (aux_loss_alpha), is
+    then averaged over the trained tokens, and so are the logged entropy and clip fractions."""
+    g = cfg.num_generations
+    if not cfg.skip_zero_advantage or cfg.beta > 0:
+        return list(range(adv.numel())), adv.numel()  # everything, in the rollout's order
+    moves = adv.view(-1, g).ne(0).any(dim=1).tolist()  # [groups]: any completion with a nonzero advantage
+    first = [j for j, m in enumerate(moves) if m] + [j for j, m in enumerate(moves) if not m]
+    return [j * g + i for j in first for i in range(g)], sum(moves) * g
 
 
 def _metrics(step, samples, groups, rewards, cfg, info, stats, t_rollout, t_train, t_step) -> dict[str, Any]:

@@ -15,7 +15,7 @@
  */
 #include "dots.h"
 
-#define TILE 8  /* rows per work item: each weight row is loaded once for up to TILE rows */
+#define MAX_TILE 64  /* most rows per work item (the tile argument is clamped to it) */
 
 /* x [n, d], idx/w [n, k], gate_up [e, 2i, d], down [e, d, i] -> out [n, d]. work: float[n * k * d] scratch.
  * The weights are fp32, or bf16 when wbf16 (then read at half the memory traffic and widened to fp32 as they load;
@@ -24,7 +24,9 @@
 static inline __attribute__((always_inline)) int routed_swiglu(const int wbf16, const float *x, const int64_t *idx,
                                                               const float *w, const void *gate_up, const void *down,
                                                               float *out, float *work, int64_t n, int64_t k,
-                                                              int64_t e, int64_t d, int64_t i, int threads) {
+                                                              int64_t e, int64_t d, int64_t i, int tile,
+                                                              int threads) {
+    const int TILE = tile < 1 ? 1 : tile > MAX_TILE ? MAX_TILE : tile;
     const int64_t wsize = wbf16 ? 2 : 4;  /* bytes per weight */
     const int64_t m = n * k;
     int64_t *count = calloc(e + 1, sizeof(int64_t)), *order = malloc(m * sizeof(int64_t));
@@ -62,8 +64,8 @@ static inline __attribute__((always_inline)) int routed_swiglu(const int wbf16, 
             const int64_t s = items[2 * it];
             const int rows = (int)items[2 * it + 1];
             const int64_t ex = idx[order[s]];
-            const float *xr[TILE], *ar[TILE];
-            float *hr[TILE], *yr[TILE];
+            const float *xr[MAX_TILE], *ar[MAX_TILE];
+            float *hr[MAX_TILE], *yr[MAX_TILE];
             for (int r = 0; r < rows; r++) {
                 xr[r] = x + (order[s + r] / k) * d;  /* the row's token */
                 hr[r] = h + r * 2 * i;
@@ -100,13 +102,13 @@ static inline __attribute__((always_inline)) int routed_swiglu(const int wbf16, 
 
 
 int routed_swiglu_f32(const float *x, const int64_t *idx, const float *w, const float *gate_up, const float *down,
-                      float *out, float *work, int64_t n, int64_t k, int64_t e, int64_t d, int64_t i, int threads) {
-    return routed_swiglu(0, x, idx, w, gate_up, down, out, work, n, k, e, d, i, threads);
+                      float *out, float *work, int64_t n, int64_t k, int64_t e, int64_t d, int64_t i, int tile, int threads) {
+    return routed_swiglu(0, x, idx, w, gate_up, down, out, work, n, k, e, d, i, tile, threads);
 }
 
 /* the same with bf16 weights (uint16 bit patterns): x, w, out and work stay fp32 */
 int routed_swiglu_bf16w(const float *x, const int64_t *idx, const float *w, const uint16_t *gate_up,
                         const uint16_t *down, float *out, float *work, int64_t n, int64_t k, int64_t e, int64_t d,
-                        int64_t i, int threads) {
-    return routed_swiglu(1, x, idx, w, gate_up, down, out, work, n, k, e, d, i, threads);
+                        int64_t i, int tile, int threads) {
+    return routed_swiglu(1, x, idx, w, gate_up, down, out, work, n, k, e, d, i, tile, threads);
 }
