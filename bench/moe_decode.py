@@ -9,6 +9,7 @@ the same weights (the saved r1kit model) and the same routing. All MoE layers of
 implementations alternate, inference mode, median of the repeats.
 
     python3 bench/moe_decode.py --threads 2 --tokens 8 64 256
+    python3 bench/moe_decode.py --tiles 8 16 32 64   # also the C kernel at other work-item sizes (native.ROUTED_TILE)
 """
 from __future__ import annotations
 
@@ -37,12 +38,24 @@ def _torch(*args, padded_max_rows: int | None = None):
         native.load, ge.PADDED_MAX_ROWS = saved
 
 
+def _with_tile(tile: int):
+    def run(moe, hf_experts, x, idx, w):
+        saved, native.ROUTED_TILE = native.ROUTED_TILE, tile
+        try:
+            return native.routed_swiglu(x, idx, w, moe.experts.gate_up, moe.experts.down)
+        finally:
+            native.ROUTED_TILE = saved
+    return run
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="small")
     p.add_argument("--tokens", type=int, nargs="+", default=[8, 64, 256])
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--tiles", type=int, nargs="*", default=[],
+                   help="also time the C kernel with work items of these many rows (default: native.ROUTED_TILE)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     import transformers
@@ -60,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                    padded_max_rows=0),
         "transformers": lambda moe, hf_experts, x, idx, w: hf_experts(x, idx, w),
     }
+    for tile in args.tiles:
+        impls[f"r1kit tile {tile}"] = _with_tile(tile)
     if native.load() is None:
         print("note: the native kernel could not be built (no C compiler?): 'r1kit' is the PyTorch path here")
     print(f"[{args.preset}] {len(layers)} MoE layers, {config.n_routed_experts} experts (top-"

@@ -42,8 +42,9 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale_rewards: str 
 
 
 def informative_groups(rewards: torch.Tensor, group_size: int, tol: float = 0.0) -> torch.Tensor:
-    """rewards [N * G] -> bool [N]: True for groups whose rewards are not all equal (max - min > tol)."""
-    r = rewards.float().view(-1, group_size)
+    """rewards [N * G] -> bool [N]: True for groups whose rewards are not all equal (max - min > tol), compared in
+    float64 (as the trainer's Python-float rewards are: dynamic sampling and the logged zero-std fraction agree)."""
+    r = rewards.double().view(-1, group_size)
     return (r.max(dim=1).values - r.min(dim=1).values) > tol
 
 

@@ -83,7 +83,8 @@ class GRPOConfig(TrainConfig):
     dynamic_sampling: bool = False       # drop groups with equal rewards and sample more prompts
     max_dynamic_draws: int = 4
     mask_truncated_completions: bool = False   # truncated completions get no loss
-    skip_zero_advantage: bool = True     # no forward/backward for groups of equal rewards (zero gradient; beta=0)
+    skip_zero_advantage: bool = True     # no forward/backward for groups of equal rewards (zero policy gradient
+                                         # when beta = 0; grpo._micro_batches says what it changes for MoE)
     overlong_buffer: int = 0             # soft overlong penalty: ramps over the last N tokens before the limit
     overlong_penalty: float = 1.0        # penalty at the limit
     sample_every: int = 10               # write sample completions to samples.jsonl every N steps (0: never)

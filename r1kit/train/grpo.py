@@ -9,7 +9,8 @@ One optimizer step:
                 clipped objective (losses.py; each prompt packed once with its completions, group_packing.py)
                 against the rollout logprobs (num_iterations > 1) or the detached current ones (== 1, as TRL),
                 k3 KL to a frozen reference when beta > 0; clip, step, router bias. With beta = 0, groups whose
-                rewards are all equal (zero advantages, zero gradient) are skipped (skip_zero_advantage).
+                rewards are all equal (zero advantages, zero policy gradient) are skipped (skip_zero_advantage;
+                _micro_batches says what that changes for MoE balancing).
   4. log      : metrics.jsonl (+ samples.jsonl), checkpoints (checkpointing.py).
 Examples are dicts with "prompt" (a string or chat messages) plus whatever the rewards need; rewards are
 (completion_text, example) -> float callables with weights.
@@ -173,7 +174,7 @@ def train_grpo(model: str, out: str, cfg: GRPOConfig, tasks: list[str] = (), rew
         reshard(policy)
         t_rollout = time.perf_counter() - t0
         samples = [s for g in groups for s in g]
-        reward_t = torch.tensor([s.reward for s in samples])
+        reward_t = torch.tensor([s.reward for s in samples], dtype=torch.float64)  # flat = equal Python floats
         adv = group_advantages(reward_t, cfg.num_generations, cfg.scale_rewards)
         # ---- 2./3. train -----------------------------------------------------------------------------------
         t1 = time.perf_counter()
@@ -211,20 +212,8 @@ def _train_on(samples, adv, train_model, policy, ref, optimizer, scheduler, cfg:
     # micro-batches of whole packed rows: a row is one prompt + k of its completions (group_packing.py)
     # (k divides micro_batch_size, and samples come in whole groups, so every micro-batch is whole rows)
     k = math.gcd(cfg.num_generations, cfg.micro_batch_size)
-    order, n_informative = _training_order(adv, cfg)
-    mbs = cfg.micro_batch_size
-    lead, rest = order[:n_informative], order[n_informative:]
-    micro = [lead[i:i + mbs] for i in range(0, len(lead), mbs)]
-    fill = [rest[i:i + mbs] for i in range(0, len(rest), mbs)]
-    if cfg.skip_zero_advantage and cfg.beta == 0:
-        # the groups past the informative ones carry zero gradient: they are skipped, except as filler where this
-        # rank has fewer micro-batches than the busiest one (collectives must match) or none at all; a filler counts
-        # for nothing (zero advantages, and its tokens are kept out of the MoE balance statistics)
-        fill = fill[:max(int(all_reduce_max([max(len(micro), 1)], info)[0]) - len(micro), 0)]
-        n_fill, n_trained = len(fill), sum(len(idx) for idx in micro)
-    else:
-        n_fill, n_trained = 0, len(samples)
-    micro += fill
+    micro, n_fill = _micro_batches(adv * keep, cfg, info)
+    n_trained = sum(len(idx) for idx in micro[:len(micro) - n_fill])
     # the balance loss is a mean over the trained sequences of all ranks (DDP then averages the ranks' gradients)
     aux_scale = W / max(float(all_reduce_sum([n_trained], info)[0]), 1.0)
     # rollout-time logprobs are the "old" policy when several updates reuse a batch; with one update the ratio is
@@ -233,7 +222,8 @@ def _train_on(samples, adv, train_model, policy, ref, optimizer, scheduler, cfg:
     prepared = []
     for j, idx in enumerate(micro):
         batch = pack_groups([samples[i] for i in idx], k, pad_id, device)
-        if j >= len(micro) - n_fill:
+        filler = j >= len(micro) - n_fill
+        if filler:  # kept out of the MoE balance statistics (router loads, balance loss)
             batch.layout.token_mask = torch.zeros_like(batch.layout.token_mask)
         mask, old = batch.mask * keep[idx].to(device).unsqueeze(1), batch.old_logprobs
         ref_lp = None
@@ -244,13 +234,13 @@ def _train_on(samples, adv, train_model, policy, ref, optimizer, scheduler, cfg:
             with torch.no_grad():
                 old, _ = policy_logprobs(unwrap(policy), batch, cfg.temperature, device, cfg.dtype)
         prepared.append((batch, mask, old if use_old else None, ref_lp, adv[idx].to(device),
-                         0.0 if j >= len(micro) - n_fill else len(idx) * aux_scale))
-    acc = {"loss": 0.0, "clip_frac": 0.0, "clip_low": 0.0, "clip_high": 0.0, "kl": 0.0, "entropy": 0.0,
-           "tokens": 0.0}
+                         0.0 if filler else len(idx) * aux_scale, filler))
+    keys = ("loss", "clip_frac", "clip_low", "clip_high", "kl", "entropy", "tokens")
+    acc = {f: dict.fromkeys(keys, 0.0) for f in (False, True)}  # trained micro-batches, fillers
     grad_norm = 0.0
     lr = scheduler.get_last_lr()[0]
     for it in range(cfg.num_iterations):
-        for j, (batch, mask, old, ref_lp, a, aux_w) in enumerate(prepared):
+        for j, (batch, mask, old, ref_lp, a, aux_w, filler) in enumerate(prepared):
             last = j == len(prepared) - 1
             ctx = train_model.no_sync() if (not last and hasattr(train_model, "no_sync")) else contextlib.nullcontext()
             with ctx:
@@ -262,39 +252,53 @@ def _train_on(samples, adv, train_model, policy, ref, optimizer, scheduler, cfg:
                                 num_sequences=n_seq / W, num_tokens=max(n_tok, 1.0) / W)
                 (out.loss + aux_loss(policy) * aux_w).backward()
             if it == 0:
-                t = out.num_tokens
-                acc["loss"] += float(out.loss.detach()) / W
-                acc["tokens"] += t
+                t, a_ = out.num_tokens, acc[filler]
+                a_["loss"] += float(out.loss.detach()) / W
+                a_["tokens"] += t
                 for key, v in (("clip_frac", out.clip_frac), ("clip_low", out.clip_low_frac),
                                ("clip_high", out.clip_high_frac), ("kl", out.kl), ("entropy", out.entropy or 0.0)):
-                    acc[key] += v * t
+                    a_[key] += v * t
         grad_norm = grad_norm_and_clip(policy.parameters(), cfg.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     scheduler.step()
-    tot = all_reduce_sum([acc[k] for k in ("loss", "clip_frac", "clip_low", "clip_high", "kl", "entropy",
-                                           "tokens")], info).tolist()
+    sums = all_reduce_sum([acc[f][key] for f in (False, True) for key in keys] + [n_trained, len(samples)],
+                          info).tolist()
+    main, fill, trained = sums[:7], sums[7:14], sums[14:]
+    # entropy, KL and clip fractions describe the trained groups; fillers only when nothing else was trained
+    tot = main if main[6] > 0 else fill
     t = max(tot[6], 1.0)
-    trained = all_reduce_sum([n_trained, len(samples)], info).tolist()  # fillers not counted
-    return {"loss": tot[0], "clip_frac": tot[1] / t, "clip_low_frac": tot[2] / t, "clip_high_frac": tot[3] / t,
-            "kl": tot[4] / t, "entropy": tot[5] / t, "grad_norm": grad_norm, "lr": lr,
+    return {"loss": main[0] + fill[0], "clip_frac": tot[1] / t, "clip_low_frac": tot[2] / t,
+            "clip_high_frac": tot[3] / t, "kl": tot[4] / t, "entropy": tot[5] / t, "grad_norm": grad_norm, "lr": lr,
             "trained_frac": trained[0] / max(trained[1], 1.0)}
 
 
-def _training_order(adv: torch.Tensor, cfg: GRPOConfig) -> tuple[list[int], int]:
-    """(sample indices in training order, how many of them lead with a gradient).
+def _micro_batches(adv: torch.Tensor, cfg: GRPOConfig, info: DistInfo) -> tuple[list[list[int]], int]:
+    """The step's micro-batches (sample indices) and how many of them, at the end, are filler.
 
-    A group whose advantages are all zero (its rewards were all equal) contributes exactly nothing to the policy
-    gradient when beta = 0: every token's term is -min(r A, clip(r) A) with A = 0, whatever the ratio r. With
-    skip_zero_advantage those groups go last, so the trainer can stop before them. What it skips is exactly zero
-    policy gradient; the only other term, a DeepSeek-V3 model's small sequence balance loss (aux_loss_alpha), is
-    then averaged over the trained tokens, and so are the logged entropy and clip fractions."""
-    g = cfg.num_generations
+    adv: each sample's advantage, 0 where its loss is masked. Without skip_zero_advantage (or with beta > 0) every
+    sample is trained, in rollout order. With it, a group whose advantages are all zero (its rewards were all equal,
+    or its completions are masked) is skipped: with beta = 0 every token's term is -min(r A, clip(r) A) = 0 for
+    A = 0, whatever the ratio r, so its policy gradient is exactly zero. Dense models and MoE models without balancing
+    (aux_loss_alpha = router_bias_gamma = 0) reach the same parameters; with balancing, DeepSeek-V3's balance loss
+    and router-bias loads cover the trained groups only. Every rank runs as many micro-batches as the busiest one,
+    so collectives match: a rank with fewer informative groups runs filler micro-batches of its flat ones (at least
+    one), which the caller keeps out of the balance statistics and the logged metrics."""
+    g, mbs, n = cfg.num_generations, cfg.micro_batch_size, adv.numel()
+
+    def chunks(idx: list[int]) -> list[list[int]]:
+        return [idx[i:i + mbs] for i in range(0, len(idx), mbs)]
+
     if not cfg.skip_zero_advantage or cfg.beta > 0:
-        return list(range(adv.numel())), adv.numel()  # everything, in the rollout's order
+        return chunks(list(range(n))), 0
     moves = adv.view(-1, g).ne(0).any(dim=1).tolist()  # [groups]: any completion with a nonzero advantage
-    first = [j for j, m in enumerate(moves) if m] + [j for j, m in enumerate(moves) if not m]
-    return [j * g + i for j in first for i in range(g)], sum(moves) * g
+    micro = chunks([j * g + i for j, m in enumerate(moves) if m for i in range(g)])
+    spare = chunks([j * g + i for j, m in enumerate(moves) if not m for i in range(g)])
+    busiest = int(all_reduce_max([max(len(micro), 1)], info)[0])
+    fill = spare[:max(busiest - len(micro), 0)]
+    if len(micro) + len(fill) != busiest:  # every rank holds as many samples, so it always has enough filler
+        raise RuntimeError(f"rank {info.rank}: {len(micro) + len(fill)} micro-batches where the others run {busiest}")
+    return micro + fill, len(fill)
 
 
 def _metrics(step, samples, groups, rewards, cfg, info, stats, t_rollout, t_train, t_step) -> dict[str, Any]:
