@@ -262,15 +262,17 @@ def _train_on(samples, adv, train_model, policy, ref, optimizer, scheduler, cfg:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     scheduler.step()
+    n = len(keys)
     sums = all_reduce_sum([acc[f][key] for f in (False, True) for key in keys] + [n_trained, len(samples)],
                           info).tolist()
-    main, fill, trained = sums[:7], sums[7:14], sums[14:]
+    main, fill = dict(zip(keys, sums[:n])), dict(zip(keys, sums[n:2 * n]))
     # entropy, KL and clip fractions describe the trained groups; fillers only when nothing else was trained
-    tot = main if main[6] > 0 else fill
-    t = max(tot[6], 1.0)
-    return {"loss": main[0] + fill[0], "clip_frac": tot[1] / t, "clip_low_frac": tot[2] / t,
-            "clip_high_frac": tot[3] / t, "kl": tot[4] / t, "entropy": tot[5] / t, "grad_norm": grad_norm, "lr": lr,
-            "trained_frac": trained[0] / max(trained[1], 1.0)}
+    tot = main if main["tokens"] > 0 else fill
+    t = max(tot["tokens"], 1.0)
+    return {"loss": main["loss"] + fill["loss"], "clip_frac": tot["clip_frac"] / t,
+            "clip_low_frac": tot["clip_low"] / t, "clip_high_frac": tot["clip_high"] / t, "kl": tot["kl"] / t,
+            "entropy": tot["entropy"] / t, "grad_norm": grad_norm, "lr": lr,
+            "trained_frac": sums[2 * n] / max(sums[2 * n + 1], 1.0)}
 
 
 def _micro_batches(adv: torch.Tensor, cfg: GRPOConfig, info: DistInfo) -> tuple[list[list[int]], int]:
