@@ -52,11 +52,11 @@ def bench_r1kit_grpo(model: str, steps: int, root: Path, g: int, prompts: int, m
     out = root / f"r1kit-grpo-skip{int(skip_zero_advantage)}"
     train_grpo(model, str(out), cfg, tasks=[TASK], reward=REWARD)
     rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    flat, trained = ([round(r[key], 2) for r in rows[1:]] for key in ("frac_reward_zero_std", "trained_frac"))
     print(f"  r1kit: completion length mean {rows[-1]['completion_length']:.0f}, "
           f"rollout {statistics.mean(r['rollout_time'] for r in rows[1:]):.2f}s, "
-          f"train {statistics.mean(r['train_time'] for r in rows[1:]):.2f}s per step, flat groups "
-          f"{[round(r['frac_reward_zero_std'], 2) for r in rows[1:]]}, trained {[round(r['trained_frac'], 2) for r in rows[1:]]}",
-          flush=True)
+          f"train {statistics.mean(r['train_time'] for r in rows[1:]):.2f}s per step, flat groups {flat}, "
+          f"trained {trained}", flush=True)
     return [r["step_time"] for r in rows[1:]]
 
 

@@ -122,8 +122,11 @@ def test_skipping_groups_of_equal_rewards_changes_nothing_but_the_work(tiny_chec
     if model_type == "deepseek_v3":
         model = str(tmp_path / "no-balance")
         shutil.copytree(tiny_checkpoint(model_type), model)
-        config = json.load(open(os.path.join(model, "config.json")))
-        json.dump({**config, "aux_loss_alpha": 0.0}, open(os.path.join(model, "config.json"), "w"))
+        config = os.path.join(model, "config.json")
+        with open(config) as f:
+            fields = json.load(f)
+        with open(config, "w") as f:
+            json.dump({**fields, "aux_loss_alpha": 0.0}, f)
     runs = {}
     for skip in (True, False):
         out = tmp_path / f"skip-{skip}"

@@ -7,9 +7,10 @@ kernels are plain C (no torch headers: a build takes a few seconds), compiled to
 (-march=native) into one shared library cached under $R1KIT_CACHE_DIR/kernels (default ~/.cache/r1kit/kernels),
 keyed by a hash of the source, the compiler, the flags and the CPU, and called through ctypes on the tensors'
 memory. They compute in fp32; the weights and KV cache they read may also be bf16 (a model loaded in bf16), widened
-to fp32 as they load, which halves the memory traffic of a decode step. Nothing depends on them: without a C compiler, with R1KIT_NATIVE=0, or when a build or load fails, `load`
-returns None (after one warning), and so do the wrappers below for inputs they do not handle (other devices or
-dtypes, mismatched shapes): callers then keep their PyTorch path. The compiler is $CC, else cc.
+to fp32 as they load, which halves the memory traffic of a decode step. Nothing depends on them: without a C
+compiler, with R1KIT_NATIVE=0, or when a build or load fails, `load` returns None (after one warning), and so do
+the wrappers below for inputs they do not handle (other devices or dtypes, mismatched shapes): callers then keep
+their PyTorch path. The compiler is $CC, else cc.
 """
 from __future__ import annotations
 
@@ -138,9 +139,11 @@ def routed_swiglu(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, gate_up: 
     experts with fp32 x and w, or bf16 experts (a bf16 model) with x and w of either dtype. bf16 weights are widened
     to fp32 as they load: half the memory traffic, fp32 arithmetic; the output has x's dtype. None when the kernel
     is unavailable or the inputs are not of that kind; the caller then uses its PyTorch path."""
-    half = gate_up.dtype == down.dtype == torch.bfloat16
-    if half and x.dtype in (torch.float32, torch.bfloat16) and w.dtype in (torch.float32, torch.bfloat16):
-        lib = _usable(x.float(), w.float()) if gate_up.device.type == down.device.type == "cpu" else None
+    half = (gate_up.dtype == down.dtype == torch.bfloat16 and x.dtype in (torch.float32, torch.bfloat16)
+            and w.dtype in (torch.float32, torch.bfloat16))
+    xf, wf = (x.float(), w.float()) if half else (x, w)  # the kernel's fp32 activations (no copy when fp32)
+    if half:
+        lib = _usable(xf, wf) if gate_up.device.type == down.device.type == "cpu" else None
     else:
         lib = _usable(x, w, gate_up, down)
     if lib is None or idx.device.type != "cpu" or idx.dim() != 2 or gate_up.dim() != 3:
@@ -151,11 +154,11 @@ def routed_swiglu(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, gate_up: 
         return None  # the PyTorch path says what is wrong
     if n == 0 or k == 0:
         return x.new_zeros(n, d)
-    xf, w, gate_up, down = (t.contiguous() for t in (x.float(), w.float(), gate_up, down))
+    xf, wf, gate_up, down = (t.contiguous() for t in (xf, wf, gate_up, down))
     idx = idx.to(torch.int64).contiguous()
     out, work = xf.new_empty(n, d), xf.new_empty(n * k, d)
     kernel = lib.routed_swiglu_bf16w if half else lib.routed_swiglu_f32
-    rc = kernel(xf.data_ptr(), idx.data_ptr(), w.data_ptr(), gate_up.data_ptr(), down.data_ptr(), out.data_ptr(),
+    rc = kernel(xf.data_ptr(), idx.data_ptr(), wf.data_ptr(), gate_up.data_ptr(), down.data_ptr(), out.data_ptr(),
                 work.data_ptr(), n, k, e, d, i2 // 2, ROUTED_TILE, torch.get_num_threads())
     if rc != 0:
         raise RuntimeError(f"native routed_swiglu failed (expert ids outside [0, {e}) or out of memory)")
@@ -191,13 +194,14 @@ def _paged_decode(q, cache, tables, lens, hkv: int, dv: int, value_offset: int, 
     takes fp32 queries; a bf16 cache (a bf16 model's) takes fp32 or bf16 queries, computed in fp32. The output has
     q's dtype."""
     half = cache.dtype == torch.bfloat16 and q.dtype in (torch.float32, torch.bfloat16)
-    lib = (_usable(q.float()) if cache.device.type == "cpu" else None) if half else _usable(q, cache)
+    qf = q.float() if half else q  # the kernel's fp32 queries (no copy when fp32)
+    lib = (_usable(qf) if cache.device.type == "cpu" else None) if half else _usable(q, cache)
     n = q.shape[0]
     if (lib is None or tables.device.type != "cpu" or not cache.is_contiguous() or tables.dim() != 2
             or tables.shape[0] != n or lens.shape != (n,)):
         return None
     hq, d = q.shape[1:]
-    qf, tables, lens = q.float().contiguous(), tables.to(torch.int64).contiguous(), lens.to(torch.int64).contiguous()
+    qf, tables, lens = qf.contiguous(), tables.to(torch.int64).contiguous(), lens.to(torch.int64).contiguous()
     out = qf.new_empty(n, hq, dv)
     k = cache.data_ptr()
     kernel = lib.paged_decode_bf16kv if half else lib.paged_decode_f32

@@ -15,6 +15,9 @@ typedef float vf_u __attribute__((vector_size(VL * sizeof(float)), aligned(4)));
 typedef uint16_t vh_u __attribute__((vector_size(VL * sizeof(uint16_t)), aligned(2)));  /* VL bf16, unaligned */
 typedef uint32_t vu __attribute__((vector_size(VL * sizeof(uint32_t))));
 
+/* element o of an array of fp32, or of bf16 when bf */
+static inline const void *elem(const int bf, const void *p, int64_t o) { return (const char *)p + o * (bf ? 2 : 4); }
+
 /* bf16 -> fp32 is exact: the bf16 bits are the float's upper half */
 static inline float bf16_to_f32(uint16_t h) {
     const uint32_t u = (uint32_t)h << 16;
@@ -66,10 +69,7 @@ static inline __attribute__((always_inline)) void dots_block(const int wbf16, co
      * the full vectors already covered zeroed: no scalar loop */
     const int vtail = lv < len && len >= VL;
     const void *w[16];
-    for (int j = 0; j < C; j++) {
-        const int64_t off = (j0 + (j < jn ? j : 0)) * ws;
-        w[j] = wbf16 ? (const void *)((const uint16_t *)wt + off) : (const void *)((const float *)wt + off);
-    }
+    for (int j = 0; j < C; j++) w[j] = elem(wbf16, wt, (j0 + (j < jn ? j : 0)) * ws);
     vf acc[16] = {{0}};  /* acc[R * j + r]: row r, weight row j0 + j */
     for (int64_t c = 0; c < lv; c += VL) {
         vf av[4];
@@ -122,11 +122,6 @@ static inline __attribute__((always_inline)) void dots_w(const int wbf16, const 
         }
         if (rows - r0 == 1) dots_block(wbf16, 1, a + r0, wt, ws, j0, jn, len, o + r0);
     }
-}
-
-static inline void dots(const float *const *a, int rows, const float *wt, int64_t ws, int64_t cols, int64_t len,
-                        float *const *o) {
-    dots_w(0, a, rows, wt, ws, cols, len, o);
 }
 
 #endif

@@ -16,9 +16,6 @@
  */
 #include "dots.h"
 
-/* element o of a cache of fp32, or of bf16 when bf */
-static inline const void *elem(const int bf, const void *p, int64_t o) { return (const char *)p + o * (bf ? 2 : 4); }
-
 /* Paged attention of one sequence's query heads: softmax(scale * q . key_j) over its first len tokens, then
  * out[hh] = sum_j p[hh, j] * value_j. Token j lives in block table[j / bs] at offset j % bs of a cache whose tokens
  * are ts elements apart; its key is the d elements at kv + (block * bs + offset) * ts, its value the dv elements at

@@ -27,7 +27,6 @@ static inline __attribute__((always_inline)) int routed_swiglu(const int wbf16, 
                                                               int64_t e, int64_t d, int64_t i, int tile,
                                                               int threads) {
     const int TILE = tile < 1 ? 1 : tile > MAX_TILE ? MAX_TILE : tile;
-    const int64_t wsize = wbf16 ? 2 : 4;  /* bytes per weight */
     const int64_t m = n * k;
     int64_t *count = calloc(e + 1, sizeof(int64_t)), *order = malloc(m * sizeof(int64_t));
     int64_t *items = malloc((m + e) * 2 * sizeof(int64_t));  /* (first sorted row, rows) per work item */
@@ -72,7 +71,7 @@ static inline __attribute__((always_inline)) int routed_swiglu(const int wbf16, 
                 ar[r] = act + r * i;
                 yr[r] = work + order[s + r] * d;  /* the (token, slot) pair's own row: no two items share one */
             }
-            dots_w(wbf16, xr, rows, (const char *)gate_up + ex * 2 * i * d * wsize, d, 2 * i, d, hr);  /* [rows, 2I] */
+            dots_w(wbf16, xr, rows, elem(wbf16, gate_up, ex * 2 * i * d), d, 2 * i, d, hr);  /* [rows, 2I] */
             for (int r = 0; r < rows; r++) {
                 const float wr = w[order[s + r]];  /* routing weight, applied on the narrow side (I < D) */
                 for (int64_t c = 0; c < i; c++) {
@@ -80,7 +79,7 @@ static inline __attribute__((always_inline)) int routed_swiglu(const int wbf16, 
                     act[r * i + c] = g / (1.f + expf(-g)) * hr[r][i + c] * wr;
                 }
             }
-            dots_w(wbf16, ar, rows, (const char *)down + ex * d * i * wsize, i, d, i, yr);  /* [rows, D] */
+            dots_w(wbf16, ar, rows, elem(wbf16, down, ex * d * i), i, d, i, yr);  /* [rows, D] */
         }
         free(h);
         free(act);
@@ -102,7 +101,8 @@ static inline __attribute__((always_inline)) int routed_swiglu(const int wbf16, 
 
 
 int routed_swiglu_f32(const float *x, const int64_t *idx, const float *w, const float *gate_up, const float *down,
-                      float *out, float *work, int64_t n, int64_t k, int64_t e, int64_t d, int64_t i, int tile, int threads) {
+                      float *out, float *work, int64_t n, int64_t k, int64_t e, int64_t d, int64_t i, int tile,
+                      int threads) {
     return routed_swiglu(0, x, idx, w, gate_up, down, out, work, n, k, e, d, i, tile, threads);
 }
 
