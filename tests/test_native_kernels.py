@@ -209,6 +209,91 @@ def test_native_mla_decode_rejects_block_ids_out_of_range(lib):
                           1.0)
 
 
+# d = 40: not a multiple of the 16-float vectors; 3000 rows x 40 crosses the kernel's OpenMP threshold
+@pytest.mark.parametrize("n", [5, 3000])
+def test_native_rms_norm_matches_float64_rms_norm_on_strided_rows(lib, n):
+    g = torch.Generator().manual_seed(7)
+    wide = torch.randn(n, 56, generator=g)
+    x, w = wide[:, 3:43], torch.randn(40, generator=g)  # rows 56 floats apart, like c_kv split off kv_a's output
+    out = native.rms_norm(x, w, 1e-6)
+    x64 = x.double()
+    expected = x64 * torch.rsqrt(x64.pow(2).mean(-1, keepdim=True) + 1e-6) * w.double()
+    assert out.shape == x.shape and out.is_contiguous()
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-6)
+    batched = native.rms_norm(x.contiguous().view(1, n, 40), w, 1e-6)  # [B, T, D] input: the same rows
+    assert batched.shape == (1, n, 40) and torch.equal(batched[0], out)
+
+
+@pytest.mark.parametrize("interleave", [True, False])
+def test_native_rope_matches_the_pytorch_rope_on_strided_engine_layouts(lib, interleave):
+    from r1kit.models.layers import apply_rope
+
+    g = torch.Generator().manual_seed(11)
+    q = torch.randn(9, 3, 30, generator=g)[..., 10:]   # q_pe split off q: [T, H, 20], rows 30 floats apart
+    k = torch.randn(9, 26, generator=g)[:, 6:]         # k_pe split off kv_a: [T, 20]
+    cos, sin = torch.randn(9, 10, generator=g), torch.randn(9, 10, generator=g)
+    for x, c, s_ in ((q, cos.unsqueeze(-2), sin.unsqueeze(-2)), (k, cos, sin)):
+        out = native.rope(x, c, s_, interleave)
+        with torch.enable_grad():  # with gradients enabled apply_rope is the PyTorch formula
+            ref = apply_rope(x.double(), c.double(), s_.double(), interleave)
+        assert out.shape == x.shape
+        torch.testing.assert_close(out.double(), ref, rtol=1e-6, atol=1e-6)
+    assert native.rope(q.double(), cos.unsqueeze(-2), sin.unsqueeze(-2), interleave) is None
+    assert native.rope(torch.randn(2, 9, 3, 20), cos, sin, interleave) is None  # [B, T, H, d]: the PyTorch path
+
+
+def _router_reference(scores, bias, k, groups, topk_groups, norm, scaling):
+    """DeepSeek-V3's routing written out per token in float64: group score = top-2 sum of the biased choices."""
+    n, e = scores.shape
+    per = e // groups
+    idx, w = [], []
+    for s in scores.double():
+        choice = s + bias.double()
+        gs = torch.stack([choice[q * per:(q + 1) * per].topk(min(2, per))[0].sum() for q in range(groups)])
+        kept = set(gs.argsort(descending=True)[:topk_groups].tolist())
+        masked = torch.tensor([c if j // per in kept else float("-inf") for j, c in enumerate(choice.tolist())])
+        top = masked.argsort(descending=True)[:k]
+        wt = s[top] / (s[top].sum() + 1e-20) if norm else s[top]
+        idx.append(top)
+        w.append(wt * scaling)
+    return torch.stack(idx), torch.stack(w)
+
+
+@pytest.mark.parametrize("e,k,groups,topk_groups,norm", [(64, 8, 8, 4, True), (16, 2, 4, 1, False),
+                                                        (12, 3, 1, 1, True), (6, 3, 3, 2, True)])
+def test_native_router_selects_the_same_experts_and_weights_as_a_reference(lib, e, k, groups, topk_groups, norm):
+    g = torch.Generator().manual_seed(e + k)
+    scores = torch.rand(50, e, generator=g)
+    bias = 0.05 * torch.randn(e, generator=g)
+    idx, w = native.router_select(scores, bias, k, groups, topk_groups, norm, 2.5)
+    ref_idx, ref_w = _router_reference(scores, bias, k, groups, topk_groups, norm, 2.5)
+    assert torch.equal(idx, ref_idx)  # the kernel returns the experts in descending order of choice
+    torch.testing.assert_close(w.double(), ref_w, rtol=1e-6, atol=1e-7)
+    assert native.router_select(scores.double(), bias, k, groups, topk_groups, norm, 2.5) is None
+    assert native.router_select(scores, bias, k, 5 if e % 5 else 7, 1, norm, 2.5) is None  # groups must divide E
+
+
+def test_deepseek_router_gives_the_same_routing_with_and_without_the_native_kernel(lib, monkeypatch):
+    from r1kit.models.deepseek_v3 import DeepseekV3Config, Router
+
+    cfg = DeepseekV3Config(hidden_size=32, n_routed_experts=16, num_experts_per_tok=4, n_group=4, topk_group=2,
+                           vocab_size=64)
+    router = Router(cfg)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        router.weight.copy_(torch.randn(16, 32, generator=g))
+        router.e_score_correction_bias.copy_(0.1 * torch.randn(16, generator=g))
+    x = torch.randn(40, 32, generator=g)
+    with torch.no_grad():
+        idx, w, scores = router(x)
+        monkeypatch.setattr(native, "router_select", lambda *a, **kw: None)
+        ref_idx, ref_w, ref_scores = router(x)
+    order, ref_order = idx.argsort(-1), ref_idx.argsort(-1)  # torch's topk(sorted=False) order is its own
+    assert torch.equal(idx.gather(1, order), ref_idx.gather(1, ref_order))
+    torch.testing.assert_close(w.gather(1, order), ref_w.gather(1, ref_order), rtol=1e-6, atol=1e-7)
+    assert torch.equal(scores, ref_scores)
+
+
 def test_loading_the_native_library_keeps_denormals(lib):
     # a library linked with -ffast-math would switch the process to flush-to-zero when it loads
     tiny = torch.tensor([1e-39])  # a float32 denormal

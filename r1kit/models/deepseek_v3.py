@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from r1kit.errors import UserError
+from r1kit.models import native
 from r1kit.models.attention import Padding, SharedPrefix, attend
 from r1kit.models.causal_lm import CausalLM
 from r1kit.models.context import AttentionContext
@@ -161,6 +162,11 @@ class Router(nn.Module):
         """x [N, D] -> expert ids [N, K], weights [N, K] (fp32), scores [N, E] (fp32, unbiased)."""
         with torch.autocast(x.device.type, enabled=False):  # routing stays fp32 under bf16 autocast too
             scores = F.linear(x.float(), self.weight.float()).sigmoid()  # [N, E]
+        if scores.device.type == "cpu" and not torch.is_grad_enabled():  # inference: one C call (native.py)
+            chosen = native.router_select(scores, self.e_score_correction_bias, self.k, self.groups,
+                                          self.topk_groups, self.norm, self.scaling)
+            if chosen is not None:
+                return chosen[0], chosen[1], scores
         choice = scores + self.e_score_correction_bias
         if self.topk_groups < self.groups:
             grouped = choice.view(-1, self.groups, self.e // self.groups)  # [N, G, E/G]

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from r1kit.models import native
+
 
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-6):
@@ -29,6 +31,10 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.float32 and self.weight.dtype == torch.float32:  # one fused op
+            if x.device.type == "cpu" and not torch.is_grad_enabled():  # inference: one C call (native.py)
+                out = native.rms_norm(x, self.weight, self.eps)
+                if out is not None:
+                    return out
             return F.rms_norm(x, (x.shape[-1],), self.weight, eps=self.eps)
         # Normalise in fp32, scale in the input dtype (as transformers does).
         return self.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
@@ -110,6 +116,10 @@ class RotaryEmbedding:
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleave: bool) -> torch.Tensor:
     """x [..., d], cos/sin broadcastable to [..., d/2] -> roped x [..., d] (half layout, see module docstring)."""
+    if x.device.type == "cpu" and not torch.is_grad_enabled():  # the engine: one C call (native.py)
+        out = native.rope(x, cos, sin, interleave)
+        if out is not None:
+            return out
     if interleave:
         x1, x2 = x[..., 0::2], x[..., 1::2]
     else:

@@ -2,7 +2,9 @@
 
 Some CPU work is all call overhead or copies when written as torch ops: a decode step's routed experts are ~60 tiny
 matmuls per MoE layer (csrc/routed_swiglu.c), and paged decode attention gathers every row's context into a padded
-copy before attending (csrc/paged_decode.c, for MLA and GQA caches; shared vector code in csrc/dots.h). Those few
+copy before attending (csrc/paged_decode.c, for MLA and GQA caches; shared vector code in csrc/dots.h), and the
+per-token small ops of a decode step (RMSNorm, rope, DeepSeek-V3's expert selection: chains of tiny torch calls;
+csrc/decode_small_ops.c; their wrappers check dtypes inline, as they run ~55 times a step). Those few
 kernels are plain C (no torch headers: a build takes a few seconds), compiled together for this machine
 (-march=native) into one shared library cached under $R1KIT_CACHE_DIR/kernels (default ~/.cache/r1kit/kernels),
 keyed by a hash of the source, the compiler, the flags and the CPU, and called through ctypes on the tensors'
@@ -119,6 +121,9 @@ def _declare(lib: ctypes.CDLL) -> None:
         "routed_swiglu_bf16w": [ptr] * 7 + [i64] * 5 + [ctypes.c_int] * 2,
         "paged_decode_f32": [ptr] * 6 + [i64] * 10 + [ctypes.c_float, ctypes.c_int],
         "paged_decode_bf16kv": [ptr] * 6 + [i64] * 10 + [ctypes.c_float, ctypes.c_int],
+        "rms_norm_f32": [ptr] * 3 + [i64] * 3 + [ctypes.c_float],
+        "rope_f32": [ptr] * 4 + [i64] * 5 + [ctypes.c_int],
+        "router_select_f32": [ptr] * 4 + [i64] * 5 + [ctypes.c_int, ctypes.c_float],
     }
     for name, args in signatures.items():
         f = getattr(lib, name)
@@ -211,3 +216,60 @@ def _paged_decode(q, cache, tables, lens, hkv: int, dv: int, value_offset: int, 
     if rc != 0:
         raise RuntimeError("native paged_decode failed (block ids or lengths out of range, or out of memory)")
     return out.to(q.dtype)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor | None:
+    """csrc/decode_small_ops.c (no autograd): F.rms_norm(x, weight) over the last dim for CPU fp32 x and weight;
+    x's rows may be strided (a 2-D slice of a wider tensor). None when the kernel cannot take them."""
+    f32, cpu = torch.float32, "cpu"  # checked inline: this runs ~30 times per decode step
+    if x.dtype != f32 or weight.dtype != f32 or x.device.type != cpu or weight.device.type != cpu:
+        return None
+    lib, d = load(), (x.shape[-1] if x.dim() else 0)
+    if lib is None or d == 0 or weight.shape != (d,) or x.stride(-1) != 1 or not weight.is_contiguous():
+        return None
+    if x.dim() == 2:
+        rows, stride = x, x.stride(0)
+    elif x.is_contiguous():
+        rows, stride = x.view(-1, d), d
+    else:
+        return None
+    out = x.new_empty(x.shape)
+    lib.rms_norm_f32(rows.data_ptr(), weight.data_ptr(), out.data_ptr(), rows.shape[0], d, stride, eps)
+    return out
+
+
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleave: bool) -> torch.Tensor | None:
+    """csrc/decode_small_ops.c (no autograd): layers.apply_rope for the engine's flat layout, CPU fp32: x [T, d]
+    with cos/sin [T, d/2], or x [T, H, d] with cos/sin [T, 1, d/2]; x may be a strided view (q_pe split off q).
+    None when the kernel cannot take them."""
+    f32 = torch.float32
+    if x.dtype != f32 or cos.dtype != f32 or sin.dtype != f32 or x.device.type != "cpu" or cos.device.type != "cpu":
+        return None
+    lib, d = load(), x.shape[-1]
+    if lib is None or x.dim() not in (2, 3) or d % 2 or x.stride(-1) != 1:
+        return None
+    t, h = x.shape[0], (x.shape[1] if x.dim() == 3 else 1)
+    want = (t, 1, d // 2) if x.dim() == 3 else (t, d // 2)
+    if cos.shape != want or sin.shape != want or not (cos.is_contiguous() and sin.is_contiguous()):
+        return None
+    out = x.new_empty(x.shape)
+    lib.rope_f32(x.data_ptr(), cos.data_ptr(), sin.data_ptr(), out.data_ptr(), t, h, d, x.stride(0),
+                 x.stride(1) if x.dim() == 3 else 0, int(interleave))
+    return out
+
+
+def router_select(scores: torch.Tensor, bias: torch.Tensor, k: int, groups: int, topk_groups: int, norm: bool,
+                  scaling: float) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """csrc/decode_small_ops.c (no autograd): DeepSeek-V3's group-limited top-k routing from sigmoid scores [N, E]
+    (fp32, CPU) and the correction bias [E] -> expert ids [N, k] and weights [N, k] (see deepseek_v3.Router). None
+    when the kernel cannot take them."""
+    lib = _usable(scores, bias)
+    if lib is None or scores.dim() != 2 or bias.shape != (scores.shape[1],):
+        return None
+    n, e = scores.shape
+    scores, bias = scores.contiguous(), bias.contiguous()
+    idx, w = torch.empty(n, k, dtype=torch.int64), torch.empty(n, k)
+    if n and lib.router_select_f32(scores.data_ptr(), bias.data_ptr(), idx.data_ptr(), w.data_ptr(), n, e, k,
+                                   groups, topk_groups, int(norm), scaling) != 0:
+        return None  # sizes the kernel does not take (over 1,024 experts): the PyTorch path
+    return idx, w
