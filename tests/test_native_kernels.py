@@ -273,6 +273,37 @@ def test_rmsnorm_module_trains_through_the_native_kernel_on_cpu(lib, monkeypatch
     assert calls and x.grad is not None and norm.weight.grad is not None
 
 
+def test_native_ops_step_aside_for_fake_tensors_and_refuse_double_backward(lib):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from r1kit.models.layers import RMSNorm
+
+    norm = RMSNorm(16)
+    torch.nn.init.ones_(norm.weight)
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode, torch.no_grad():  # tracing: no data behind data_ptr
+        fake = mode.from_tensor(torch.randn(4, 16))
+        assert norm(fake).shape == (4, 16)  # the PyTorch path, not a read through a null pointer
+        assert native.rms_norm(fake, norm.weight, 1e-6) is None
+        assert native.router_select(mode.from_tensor(torch.rand(4, 8)), torch.zeros(8), 2, 1, 1, True, 1.0) is None
+    x = torch.randn(3, 16, requires_grad=True)
+    (gx,) = torch.autograd.grad(norm(x).pow(2).sum(), x, create_graph=True)
+    assert gx.requires_grad  # (without once_differentiable it silently would not, and second order would be wrong)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        gx.sum().backward()  # second order through the C backward: an error, not a silently wrong gradient
+
+
+def test_native_router_outputs_ignore_torchs_default_dtype(lib):
+    scores, bias = torch.rand(5, 8), torch.zeros(8)
+    torch.set_default_dtype(torch.float64)
+    try:
+        idx, w = native.router_select(scores, bias, 2, 4, 2, True, 1.0)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    assert w.dtype == torch.float32 and idx.dtype == torch.int64
+    torch.testing.assert_close(w.sum(-1), torch.ones(5))  # normalised weights, not garbage
+    assert (w > 0).all()
+
+
 def _router_reference(scores, bias, k, groups, topk_groups, norm, scaling):
     """DeepSeek-V3's routing written out per token in float64: group score = top-2 sum of the biased choices."""
     n, e = scores.shape

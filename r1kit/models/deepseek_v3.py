@@ -162,7 +162,8 @@ class Router(nn.Module):
         """x [N, D] -> expert ids [N, K], weights [N, K] (fp32), scores [N, E] (fp32, unbiased)."""
         with torch.autocast(x.device.type, enabled=False):  # routing stays fp32 under bf16 autocast too
             scores = F.linear(x.float(), self.weight.float()).sigmoid()  # [N, E]
-        if scores.device.type == "cpu" and not torch.is_grad_enabled():  # inference: one C call (native.py)
+        # inference: one C call (native.py; exact ties go to the lowest expert id, torch.topk orders them its own way)
+        if scores.device.type == "cpu" and not torch.is_grad_enabled():
             chosen = native.router_select(scores, self.e_score_correction_bias, self.k, self.groups,
                                           self.topk_groups, self.norm, self.scaling)
             if chosen is not None:

@@ -23,9 +23,6 @@ from torch import nn
 from r1kit.models import native
 
 
-_PLAIN = (torch.Tensor, nn.Parameter)
-
-
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__()
@@ -35,13 +32,10 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.float32 and self.weight.dtype == torch.float32:  # one fused op
             if x.device.type == "cpu":  # one C call forward (and one backward) instead of torch's composite ops
-                grad = torch.is_grad_enabled()
-                if not grad:
-                    out = native.rms_norm(x, self.weight, self.eps)
-                elif type(x) in _PLAIN and type(self.weight) in _PLAIN:  # not DTensors (FSDP)
+                if torch.is_grad_enabled():
                     out = native.rms_norm_train(x, self.weight, self.eps)
                 else:
-                    out = None
+                    out = native.rms_norm(x, self.weight, self.eps)
                 if out is not None:
                     return out
             return F.rms_norm(x, (x.shape[-1],), self.weight, eps=self.eps)

@@ -29,6 +29,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from torch.autograd.function import once_differentiable
 
 SOURCES = Path(__file__).with_name("csrc")
 # Rows per work item of the routed-experts kernel (at most 64): an item reads its expert's weights once for all of
@@ -122,7 +123,6 @@ def _declare(lib: ctypes.CDLL) -> None:
         "routed_swiglu_bf16w": [ptr] * 7 + [i64] * 5 + [ctypes.c_int] * 2,
         "paged_decode_f32": [ptr] * 6 + [i64] * 10 + [ctypes.c_float, ctypes.c_int],
         "paged_decode_bf16kv": [ptr] * 6 + [i64] * 10 + [ctypes.c_float, ctypes.c_int],
-        "rms_norm_f32": [ptr] * 3 + [i64] * 3 + [ctypes.c_float],
         "rms_norm_fwd_f32": [ptr] * 4 + [i64] * 3 + [ctypes.c_float],
         "rms_norm_bwd_f32": [ptr] * 7 + [i64] * 3 + [ctypes.c_int],
         "rope_f32": [ptr] * 4 + [i64] * 5 + [ctypes.c_int],
@@ -133,10 +133,20 @@ def _declare(lib: ctypes.CDLL) -> None:
         f.restype, f.argtypes = ctypes.c_int, args
 
 
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+_functorch_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+
+
+def _plain(*tensors: torch.Tensor) -> bool:
+    """Whether every tensor has ordinary memory the kernels may read through data_ptr(): not a tensor subclass
+    (a FakeTensor while tracing, whose data_ptr is 0; a DTensor) nor a functorch (vmap, grad) wrapper."""
+    return all(type(t) in _PLAIN and not _functorch_wrapped(t) for t in tensors)
+
+
 def _usable(*tensors: torch.Tensor) -> ctypes.CDLL | None:
-    """The library, if every tensor is a CPU fp32 tensor and it is available (the wrappers check bf16 weights and
-    caches themselves)."""
-    if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
+    """The library, if every tensor is a plain CPU fp32 tensor and it is available (the wrappers check bf16
+    weights and caches themselves)."""
+    if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors) or not _plain(*tensors):
         return None
     return load()
 
@@ -221,23 +231,32 @@ def _paged_decode(q, cache, tables, lens, hkv: int, dv: int, value_offset: int, 
     return out.to(q.dtype)
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor | None:
-    """csrc/decode_small_ops.c (no autograd): F.rms_norm(x, weight) over the last dim for CPU fp32 x and weight;
-    x's rows may be strided (a 2-D slice of a wider tensor). None when the kernel cannot take them."""
-    f32, cpu = torch.float32, "cpu"  # checked inline: this runs ~30 times per decode step
-    if x.dtype != f32 or weight.dtype != f32 or x.device.type != cpu or weight.device.type != cpu:
+def _norm_rows(x: torch.Tensor, weight: torch.Tensor):
+    """(library, x as rows [n, d], their stride) when the RMSNorm kernels take x and weight: CPU fp32, d > 0, x's
+    last dim contiguous and its rows evenly strided (2-D, or contiguous); else None. Checked inline, without
+    _usable: the decode step calls this ~30 times."""
+    f32, cpu = torch.float32, "cpu"
+    if (x.dtype != f32 or weight.dtype != f32 or x.device.type != cpu or weight.device.type != cpu
+            or not _plain(x, weight)):
         return None
     lib, d = load(), (x.shape[-1] if x.dim() else 0)
     if lib is None or d == 0 or weight.shape != (d,) or x.stride(-1) != 1 or not weight.is_contiguous():
         return None
     if x.dim() == 2:
-        rows, stride = x, x.stride(0)
-    elif x.is_contiguous():
-        rows, stride = x.view(-1, d), d
-    else:
+        return lib, x, x.stride(0)
+    return (lib, x.view(-1, d), d) if x.is_contiguous() else None
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor | None:
+    """csrc/decode_small_ops.c (no autograd): F.rms_norm(x, weight) over the last dim for CPU fp32 x and weight;
+    x's rows may be strided (a 2-D slice of a wider tensor). None when the kernel cannot take them."""
+    got = _norm_rows(x, weight)
+    if got is None:
         return None
+    lib, rows, stride = got
     out = x.new_empty(x.shape)
-    lib.rms_norm_f32(rows.data_ptr(), weight.data_ptr(), out.data_ptr(), rows.shape[0], d, stride, eps)
+    lib.rms_norm_fwd_f32(rows.data_ptr(), weight.data_ptr(), out.data_ptr(), None, rows.shape[0], x.shape[-1],
+                         stride, eps)
     return out
 
 
@@ -254,6 +273,7 @@ class _RMSNormFunction(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable  # the C backward is not differentiable: a double backward raises instead of being wrong
     def backward(ctx, grad):
         rows, weight, rstd = ctx.saved_tensors
         n, d = rows.shape[0], weight.shape[0]
@@ -270,18 +290,10 @@ def rms_norm_train(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.T
     """Differentiable F.rms_norm(x, weight) for CPU fp32 (csrc/decode_small_ops.c): one pass forward, one backward,
     where torch's composite CPU version runs ~15 elementwise calls (2.7 ms for a [2216, 256] forward and backward).
     None when the kernel cannot take them."""
-    f32 = torch.float32
-    if x.dtype != f32 or weight.dtype != f32 or x.device.type != "cpu" or weight.device.type != "cpu":
+    got = _norm_rows(x, weight)
+    if got is None:
         return None
-    lib, d = load(), (x.shape[-1] if x.dim() else 0)
-    if lib is None or d == 0 or weight.shape != (d,) or x.stride(-1) != 1 or not weight.is_contiguous():
-        return None
-    if x.dim() == 2:
-        rows, stride = x, x.stride(0)
-    elif x.is_contiguous():
-        rows, stride = x.view(-1, d), d
-    else:
-        return None
+    lib, rows, stride = got
     return _RMSNormFunction.apply(x, weight, rows, stride, eps, lib)
 
 
@@ -289,11 +301,12 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleave: bool
     """csrc/decode_small_ops.c (no autograd): layers.apply_rope for the engine's flat layout, CPU fp32: x [T, d]
     with cos/sin [T, d/2], or x [T, H, d] with cos/sin [T, 1, d/2]; x may be a strided view (q_pe split off q).
     None when the kernel cannot take them."""
-    f32 = torch.float32
-    if x.dtype != f32 or cos.dtype != f32 or sin.dtype != f32 or x.device.type != "cpu" or cos.device.type != "cpu":
+    f32, cpu = torch.float32, "cpu"
+    if (x.dtype != f32 or cos.dtype != f32 or sin.dtype != f32 or x.dim() not in (2, 3) or x.device.type != cpu
+            or cos.device.type != cpu or sin.device.type != cpu or not _plain(x, cos, sin)):
         return None
     lib, d = load(), x.shape[-1]
-    if lib is None or x.dim() not in (2, 3) or d % 2 or x.stride(-1) != 1:
+    if lib is None or d % 2 or x.stride(-1) != 1:
         return None
     t, h = x.shape[0], (x.shape[1] if x.dim() == 3 else 1)
     want = (t, 1, d // 2) if x.dim() == 3 else (t, d // 2)
@@ -315,7 +328,7 @@ def router_select(scores: torch.Tensor, bias: torch.Tensor, k: int, groups: int,
         return None
     n, e = scores.shape
     scores, bias = scores.contiguous(), bias.contiguous()
-    idx, w = torch.empty(n, k, dtype=torch.int64), torch.empty(n, k)
+    idx, w = scores.new_empty(n, k, dtype=torch.int64), scores.new_empty(n, k)  # not the default dtype/device
     if n and lib.router_select_f32(scores.data_ptr(), bias.data_ptr(), idx.data_ptr(), w.data_ptr(), n, e, k,
                                    groups, topk_groups, int(norm), scaling) != 0:
         return None  # sizes the kernel does not take (over 1,024 experts): the PyTorch path

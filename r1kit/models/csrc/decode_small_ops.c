@@ -19,19 +19,8 @@
 #define OPENMP_MIN_ELEMS (1 << 16)
 
 /* out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * w for n rows of d floats; x's rows are x_stride floats apart, out is
- * contiguous [n, d]. The mean is accumulated in fp32 like torch's fp32 rms_norm. */
-void rms_norm_f32(const float *x, const float *w, float *out, int64_t n, int64_t d, int64_t x_stride, float eps) {
-    #pragma omp parallel for schedule(static) if (n * d >= OPENMP_MIN_ELEMS)
-    for (int64_t r = 0; r < n; r++) {
-        const float *xr = x + r * x_stride;
-        float *o = out + r * d, ss = 0.f;
-        for (int64_t c = 0; c < d; c++) ss += xr[c] * xr[c];
-        const float inv = 1.f / sqrtf(ss / (float)d + eps);
-        for (int64_t c = 0; c < d; c++) o[c] = xr[c] * inv * w[c];
-    }
-}
-
-/* RMSNorm for training: the forward above, also writing each row's 1 / rms to rstd [n] for the backward. */
+ * contiguous [n, d]. The mean is accumulated in fp32 like torch's fp32 rms_norm. For training, rstd [n] (when not
+ * NULL) gets each row's 1 / rms for the backward. */
 void rms_norm_fwd_f32(const float *x, const float *w, float *out, float *rstd, int64_t n, int64_t d,
                       int64_t x_stride, float eps) {
     #pragma omp parallel for schedule(static) if (n * d >= OPENMP_MIN_ELEMS)
@@ -40,7 +29,7 @@ void rms_norm_fwd_f32(const float *x, const float *w, float *out, float *rstd, i
         float *o = out + r * d, ss = 0.f;
         for (int64_t c = 0; c < d; c++) ss += xr[c] * xr[c];
         const float inv = 1.f / sqrtf(ss / (float)d + eps);
-        rstd[r] = inv;
+        if (rstd) rstd[r] = inv;
         for (int64_t c = 0; c < d; c++) o[c] = xr[c] * inv * w[c];
     }
 }
