@@ -3,9 +3,8 @@
 Some CPU work is all call overhead or copies when written as torch ops: a decode step's routed experts are ~60 tiny
 matmuls per MoE layer (csrc/routed_swiglu.c), and paged decode attention gathers every row's context into a padded
 copy before attending (csrc/paged_decode.c, for MLA and GQA caches; shared vector code in csrc/dots.h), and the
-per-token small ops of a decode step (RMSNorm, rope, DeepSeek-V3's expert selection: chains of tiny torch calls;
-csrc/decode_small_ops.c; their wrappers check dtypes inline, as they run ~55 times a step), where RMSNorm also has
-a differentiable version for training (`rms_norm_train`). Those few
+per-token small ops of a decode step are chains of tiny torch calls (RMSNorm, rope, DeepSeek-V3's expert selection:
+csrc/decode_small_ops.c; RMSNorm also has a differentiable version for training, `rms_norm_train`). Those few
 kernels are plain C (no torch headers: a build takes a few seconds), compiled together for this machine
 (-march=native) into one shared library cached under $R1KIT_CACHE_DIR/kernels (default ~/.cache/r1kit/kernels),
 keyed by a hash of the source, the compiler, the flags and the CPU, and called through ctypes on the tensors'
@@ -137,17 +136,14 @@ _PLAIN = (torch.Tensor, torch.nn.Parameter)
 _functorch_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
 
 
-def _plain(*tensors: torch.Tensor) -> bool:
-    """Whether every tensor has ordinary memory the kernels may read through data_ptr(): not a tensor subclass
-    (a FakeTensor while tracing, whose data_ptr is 0; a DTensor) nor a functorch (vmap, grad) wrapper."""
-    return all(type(t) in _PLAIN and not _functorch_wrapped(t) for t in tensors)
-
-
 def _usable(*tensors: torch.Tensor) -> ctypes.CDLL | None:
-    """The library, if every tensor is a plain CPU fp32 tensor and it is available (the wrappers check bf16
-    weights and caches themselves)."""
-    if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors) or not _plain(*tensors):
-        return None
+    """The library, if it is available and every tensor is a plain CPU fp32 tensor: not a tensor subclass (a
+    FakeTensor while tracing, whose data_ptr is 0; a DTensor) nor a functorch (vmap, grad) wrapper, so the kernels
+    may read its memory through data_ptr(). The wrappers check bf16 weights and caches themselves. One loop, no
+    generators: the decode step calls this ~60 times (1.3 us a call)."""
+    for t in tensors:
+        if t.dtype != torch.float32 or t.device.type != "cpu" or type(t) not in _PLAIN or _functorch_wrapped(t):
+            return None
     return load()
 
 
@@ -233,13 +229,8 @@ def _paged_decode(q, cache, tables, lens, hkv: int, dv: int, value_offset: int, 
 
 def _norm_rows(x: torch.Tensor, weight: torch.Tensor):
     """(library, x as rows [n, d], their stride) when the RMSNorm kernels take x and weight: CPU fp32, d > 0, x's
-    last dim contiguous and its rows evenly strided (2-D, or contiguous); else None. Checked inline, without
-    _usable: the decode step calls this ~30 times."""
-    f32, cpu = torch.float32, "cpu"
-    if (x.dtype != f32 or weight.dtype != f32 or x.device.type != cpu or weight.device.type != cpu
-            or not _plain(x, weight)):
-        return None
-    lib, d = load(), (x.shape[-1] if x.dim() else 0)
+    last dim contiguous and its rows evenly strided (2-D, or contiguous); else None."""
+    lib, d = _usable(x, weight), (x.shape[-1] if x.dim() else 0)
     if lib is None or d == 0 or weight.shape != (d,) or x.stride(-1) != 1 or not weight.is_contiguous():
         return None
     if x.dim() == 2:
@@ -301,11 +292,9 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleave: bool
     """csrc/decode_small_ops.c (no autograd): layers.apply_rope for the engine's flat layout, CPU fp32: x [T, d]
     with cos/sin [T, d/2], or x [T, H, d] with cos/sin [T, 1, d/2]; x may be a strided view (q_pe split off q).
     None when the kernel cannot take them."""
-    f32, cpu = torch.float32, "cpu"
-    if (x.dtype != f32 or cos.dtype != f32 or sin.dtype != f32 or x.dim() not in (2, 3) or x.device.type != cpu
-            or cos.device.type != cpu or sin.device.type != cpu or not _plain(x, cos, sin)):
+    if x.dim() not in (2, 3):
         return None
-    lib, d = load(), x.shape[-1]
+    lib, d = _usable(x, cos, sin), x.shape[-1]
     if lib is None or d % 2 or x.stride(-1) != 1:
         return None
     t, h = x.shape[0], (x.shape[1] if x.dim() == 3 else 1)
