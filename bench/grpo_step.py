@@ -7,10 +7,15 @@ policy update per batch (num_iterations 1), beta 0, temperature 1, no gradient c
 Precision: --dtype float32 (default) on both sides, or --dtype bf16: bf16 autocast over fp32 weights on both sides
 (TRL's default, bf16=True; r1kit's dtype=bf16 -- worth it on CPUs with AVX512-BF16/AMX).
 The first step of each is a warm-up and is not counted.
-r1kit runs twice: training on every group, like TRL ("all groups": the like-for-like ratio), and with its default
-skip_zero_advantage (no forward/backward for groups whose rewards are all equal: their policy gradient is exactly
-zero). What the skip saves depends on the workload, on how many groups are flat, which the run prints. The
-"all groups" run is repeated after TRL's and the ratio uses the times of both (a shared VM drifts over minutes).
+MoE balancing is off on r1kit's side (aux_loss_alpha 0 in the checkpoint, router_bias_gamma 0): transformers'
+DeepSeek-V3, which TRL trains, has neither the balance loss nor the router-bias update, so both optimise the same
+objective.
+r1kit runs twice: training on every group, like TRL ("all groups": the same work), and with its default
+skip_zero_advantage (no forward/backward for groups whose rewards are all equal: with beta 0 their policy gradient
+is exactly zero). The skip run must reach the same parameters as the every-group run; the benchmark checks it and
+prints the largest difference. What the skip saves depends on the workload, on how many groups are flat, which the
+run prints. The "all groups" run is repeated after TRL's and the ratio uses the times of both (a shared VM drifts
+over minutes).
 SFT: tokens/s of `r1kit train sft` vs a plain transformers loop (AutoModelForCausalLM, AdamW, labels masked to the
 completion) over the same packed rows.
 
@@ -39,17 +44,30 @@ def make_checkpoint(model_type: str, preset: str, root: Path) -> str:
 
     out = root / f"{model_type}-{preset}"
     create_random_checkpoint(out, model_type=model_type, preset=preset, seed=0)
+    config = json.loads((out / "config.json").read_text())
+    if "aux_loss_alpha" in config:  # transformers ignores it; r1kit would add the balance loss
+        (out / "config.json").write_text(json.dumps({**config, "aux_loss_alpha": 0.0}, indent=2))
     return str(out)
 
 
+def max_param_difference(model: str, run_a: Path, run_b: Path) -> tuple[float, float]:
+    """(largest |a - b| over the final parameters of two runs, largest |a - initial|: how far training moved them)."""
+    from safetensors.torch import load_file
+
+    a, b = (load_file(str(r / "final" / "model.safetensors")) for r in (run_a, run_b))
+    base = load_file(str(Path(model) / "model.safetensors"))
+    return (max(float((a[k] - b[k]).abs().max()) for k in a), max(float((a[k] - base[k]).abs().max()) for k in a))
+
+
 def bench_r1kit_grpo(model: str, steps: int, root: Path, g: int, prompts: int, max_len: int,
-                     dtype: str = "float32", skip_zero_advantage: bool = False, tag: str = "") -> list[float]:
+                     dtype: str = "float32", skip_zero_advantage: bool = False, tag: str = "") -> tuple[list[float], Path]:
     from r1kit.train.config import GRPOConfig
     from r1kit.train.grpo import train_grpo
 
     cfg = GRPOConfig(num_generations=g, prompts_per_step=prompts, max_completion_length=max_len, max_steps=steps + 1,
                      micro_batch_size=16, beta=0.0, num_iterations=1, temperature=1.0, lr=1e-6, sample_every=0,
-                     max_prompt_length=256, dtype=dtype, skip_zero_advantage=skip_zero_advantage)
+                     max_prompt_length=256, dtype=dtype, skip_zero_advantage=skip_zero_advantage,
+                     router_bias_gamma=0.0)
     out = root / f"r1kit-grpo-skip{int(skip_zero_advantage)}{tag}"
     train_grpo(model, str(out), cfg, tasks=[TASK], reward=REWARD)
     rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
@@ -58,7 +76,7 @@ def bench_r1kit_grpo(model: str, steps: int, root: Path, g: int, prompts: int, m
           f"rollout {statistics.mean(r['rollout_time'] for r in rows[1:]):.2f}s, "
           f"train {statistics.mean(r['train_time'] for r in rows[1:]):.2f}s per step, flat groups {flat}, "
           f"trained {trained}", flush=True)
-    return [r["step_time"] for r in rows[1:]]
+    return [r["step_time"] for r in rows[1:]], out
 
 
 def bench_trl_grpo(model: str, steps: int, root: Path, g: int, prompts: int, max_len: int,
@@ -170,24 +188,28 @@ def main() -> None:
         model = make_checkpoint(a.model_type, a.preset, root)
         print(f"model {a.model_type}-{a.preset}, torch threads {torch.get_num_threads()}, "
               f"G={g}, prompts/step={prompts}, max_completion_length={max_len}, {a.dtype}", flush=True)
-        ours = {}
+        ours, runs = {}, {}
         if not a.skip_grpo:
             for skip, name in ((False, "all groups"), (True, "skip_zero_advantage")):
-                ours[name] = bench_r1kit_grpo(model, a.steps, root, g, prompts, max_len, a.dtype, skip)
+                ours[name], runs[name] = bench_r1kit_grpo(model, a.steps, root, g, prompts, max_len, a.dtype, skip)
                 print(f"r1kit GRPO ({name}): {statistics.median(ours[name]):.2f} s/step  "
                       f"{[round(x, 2) for x in ours[name]]}", flush=True)
+            diff, moved = max_param_difference(model, runs["all groups"], runs["skip_zero_advantage"])
+            print(f"  final parameters, skip_zero_advantage vs all groups: largest difference {diff:.1e} "
+                  f"(training moved them by up to {moved:.1e})", flush=True)
         if not a.skip_trl and not a.skip_grpo:
             theirs = bench_trl_grpo(model, a.steps, root, g, prompts, max_len, a.trl_gradient_checkpointing, a.dtype)
             print(f"TRL GRPOTrainer (gradient_checkpointing={a.trl_gradient_checkpointing}): "
                   f"{statistics.median(theirs):.2f} s/step  {[round(x, 2) for x in theirs]}")
             # this machine's speed drifts by 10-30% over minutes: r1kit's like-for-like run is repeated after TRL's
             # and both count, so a drift during the benchmark does not favour either side
-            again = bench_r1kit_grpo(model, a.steps, root, g, prompts, max_len, a.dtype, False, "-after-trl")
+            again, _ = bench_r1kit_grpo(model, a.steps, root, g, prompts, max_len, a.dtype, False, "-after-trl")
             print(f"r1kit GRPO (all groups, again after TRL): {statistics.median(again):.2f} s/step  "
                   f"{[round(x, 2) for x in again]}", flush=True)
             ours["all groups"] += again
             for name, times in ours.items():
-                note = "like for like" if name == "all groups" else "depends on the share of flat groups"
+                note = ("the same work as TRL" if name == "all groups"
+                        else "the same parameters, less work: depends on the share of flat groups")
                 print(f"GRPO speed-up r1kit ({name}) vs TRL: "
                       f"{statistics.median(theirs) / statistics.median(times):.1f}x ({note})", flush=True)
         if not a.skip_sft:

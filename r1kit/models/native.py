@@ -4,7 +4,8 @@ Some CPU work is all call overhead or copies when written as torch ops: a decode
 matmuls per MoE layer (csrc/routed_swiglu.c), and paged decode attention gathers every row's context into a padded
 copy before attending (csrc/paged_decode.c, for MLA and GQA caches; shared vector code in csrc/dots.h), and the
 per-token small ops of a decode step are chains of tiny torch calls (RMSNorm, rope, DeepSeek-V3's expert selection:
-csrc/decode_small_ops.c; RMSNorm also has a differentiable version for training, `rms_norm_train`). Those few
+csrc/decode_small_ops.c; RMSNorm also has a differentiable version for training, `rms_norm_train`), and the
+routed experts' training sorts, gathers and sums rows around its matmuls (csrc/moe_train.c). Those few
 kernels are plain C (no torch headers: a build takes a few seconds), compiled together for this machine
 (-march=native) into one shared library cached under $R1KIT_CACHE_DIR/kernels (default ~/.cache/r1kit/kernels),
 keyed by a hash of the source, the compiler, the flags and the CPU, and called through ctypes on the tensors'
@@ -126,10 +127,16 @@ def _declare(lib: ctypes.CDLL) -> None:
         "rms_norm_bwd_f32": [ptr] * 7 + [i64] * 3 + [ctypes.c_int],
         "rope_f32": [ptr] * 4 + [i64] * 5 + [ctypes.c_int],
         "router_select_f32": [ptr] * 4 + [i64] * 5 + [ctypes.c_int, ctypes.c_float],
+        "expert_order": [ptr, i64, i64, ptr, ptr, ptr],
+        "gather_rows_f32": [ptr, ptr, i64, ptr, i64, i64, ctypes.c_int],
+        "swiglu_fwd_f32": [ptr] * 4 + [i64] * 2 + [ctypes.c_int],
+        "swiglu_bwd_f32": [ptr] * 6 + [i64] * 2 + [ctypes.c_int],
+        "token_sums_f32": [ptr] * 3 + [i64] * 3 + [ctypes.c_int],
     }
+    void = {"gather_rows_f32", "swiglu_fwd_f32", "swiglu_bwd_f32", "token_sums_f32"}
     for name, args in signatures.items():
         f = getattr(lib, name)
-        f.restype, f.argtypes = ctypes.c_int, args
+        f.restype, f.argtypes = (None if name in void else ctypes.c_int), args
 
 
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
@@ -322,3 +329,55 @@ def router_select(scores: torch.Tensor, bias: torch.Tensor, k: int, groups: int,
                                    groups, topk_groups, int(norm), scaling) != 0:
         return None  # sizes the kernel does not take (over 1,024 experts): the PyTorch path
     return idx, w
+
+
+# -- the routed experts' training glue (csrc/moe_train.c), for grouped_experts._NativeGlue ---------------------------
+# expert_order decides whether the glue runs (None: the torch glue does); the others take what it laid out: CPU fp32
+# tensors made by the experts' forward and backward.
+
+def expert_order(flat: torch.Tensor, e: int) -> tuple[torch.Tensor, torch.Tensor, list[int]] | None:
+    """Stable counting sort of the expert ids flat [M] (CPU) -> (order [M]: the pair of each sorted row, inverse [M]:
+    the sorted row of each pair, rows of each of the e experts). None when the library is unavailable."""
+    lib = load()
+    if lib is None or flat.device.type != "cpu" or flat.dim() != 1 or type(flat) not in _PLAIN:
+        return None
+    flat = flat.to(torch.int64).contiguous()
+    order, inverse, counts = torch.empty_like(flat), torch.empty_like(flat), flat.new_empty(e)
+    if lib.expert_order(flat.data_ptr(), flat.numel(), e, order.data_ptr(), inverse.data_ptr(), counts.data_ptr()):
+        raise ValueError(f"expert ids outside [0, {e})")
+    return order, inverse, counts.tolist()
+
+
+def gather_rows(src: torch.Tensor, index: torch.Tensor, div: int) -> torch.Tensor:
+    """[index.numel(), C] rows src[index // div] of src [N, C]."""
+    src = src.contiguous()
+    out = src.new_empty(index.numel(), src.shape[1])
+    load().gather_rows_f32(src.data_ptr(), index.data_ptr(), div, out.data_ptr(), index.numel(), src.shape[1],
+                           torch.get_num_threads())
+    return out
+
+
+def swiglu(h: torch.Tensor, w: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """h [M, 2I] (gate | up), w [N*K] routing weights, order [M] -> silu(gate) * up * w[order] [M, I]."""
+    m, i = h.shape[0], h.shape[1] // 2
+    out = h.new_empty(m, i)
+    load().swiglu_fwd_f32(h.data_ptr(), w.contiguous().data_ptr(), order.data_ptr(), out.data_ptr(), m, i,
+                          torch.get_num_threads())
+    return out
+
+
+def swiglu_backward(h: torch.Tensor, w: torch.Tensor, order: torch.Tensor, d_act: torch.Tensor):
+    """The gradients of `swiglu` from d_act [M, I]: (d_h [M, 2I], d_w [N*K])."""
+    m, i = h.shape[0], h.shape[1] // 2
+    d_h, d_w, w = torch.empty_like(h), w.new_empty(w.numel()), w.contiguous()
+    load().swiglu_bwd_f32(h.data_ptr(), w.data_ptr(), order.data_ptr(), d_act.contiguous().data_ptr(), d_h.data_ptr(),
+                          d_w.data_ptr(), m, i, torch.get_num_threads())
+    return d_h, d_w.view(w.shape)
+
+
+def token_sums(rows: torch.Tensor, inverse: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    """[N, D] sums of each token's k rows of rows [N*K, D] (sorted by expert; inverse: the row of each pair)."""
+    out = rows.new_empty(n, rows.shape[1])
+    load().token_sums_f32(rows.data_ptr(), inverse.data_ptr(), out.data_ptr(), n, k, rows.shape[1],
+                          torch.get_num_threads())
+    return out
