@@ -294,6 +294,31 @@ def test_routed_experts_train_through_the_native_glue_and_match_float64_autograd
         native.expert_order(torch.tensor([0, 6]), 6)
 
 
+def test_native_experts_stay_finite_for_very_negative_gate_pre_activations(lib):
+    """silu(g) for g far below -88 (where expf(-g) overflows): -ffast-math's vectorised division by an infinite
+    denominator gave NaN, so the sigmoid is written with a bounded one. Both C kernels (decode and the training glue),
+    against the torch path, with I = 32 so the vector loop runs."""
+    import r1kit.models.grouped_experts as ge
+
+    n, k, e, d, i = 5, 2, 3, 16, 32
+    x = torch.ones(n, d)
+    idx = torch.tensor([[0, 1], [1, 2], [2, 0], [0, 2], [1, 0]])
+    w = torch.full((n, k), 0.5)
+    gate_up = torch.cat([torch.full((e, i, d), -20.0), torch.full((e, i, d), 0.1)], dim=1)  # gate = -320
+    gate_up[:, :i:2] = 0.01  # every other gate unit ordinary (0.16), so the output is not all zeros
+    down = torch.full((e, d, i), 0.1)
+    with torch.no_grad():
+        decode = native.routed_swiglu(x, idx, w, gate_up, down)
+    leaves = [t.clone().requires_grad_() for t in (x, w, gate_up, down)]
+    trained = ge.routed_swiglu(leaves[0], idx, *leaves[1:])
+    trained.sum().backward()
+    ref = experts_reference(x, idx, w, gate_up, down)
+    for out in (decode, trained.detach()):
+        assert torch.isfinite(out).all()
+        torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-6)
+    assert all(torch.isfinite(t.grad).all() for t in leaves)
+
+
 def test_rmsnorm_module_trains_through_the_native_kernel_on_cpu(lib, monkeypatch):
     from r1kit.models.layers import RMSNorm
 

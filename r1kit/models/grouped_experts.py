@@ -9,11 +9,12 @@ Three formulations:
   permutation lives inside the autograd function, so each direction is one gather (x's rows by `order // K`; the
   output gradient's in the backward), one activation pass and one sum of each token's K rows: the "glue", as torch
   ops (`_TorchGlue`, any device and dtype) or, on CPU in fp32, as C passes (`_NativeGlue`, csrc/moe_train.c: a
-  counting sort and threaded one-pass gathers, activation and sums: 3-4% faster experts forward + backward at
-  GRPO training size, ~1% of the training phase; the glue is memory-bound). silu(gate) is recomputed in the backward rather than saved. Weight gradients are
-  written expert by expert into uninitialised stacked tensors (only experts without rows are zeroed). Compared with
-  plain autograd over a Python loop of per-expert `F.linear` calls this avoids ~10 autograd nodes per expert, a cat
-  and a stack; compared with autograd's `x[token]` it avoids the slow accumulating index_put_.
+  counting sort and threaded one-pass gathers, activation and sums: 3-4% faster experts forward + backward at GRPO
+  training size, ~1% of the training phase; the glue is memory-bound). silu(gate) is recomputed in the backward
+  rather than saved. Weight gradients are written expert by expert into uninitialised stacked tensors (only experts
+  without rows are zeroed). Compared with plain autograd over a Python loop of per-expert `F.linear` calls this
+  avoids ~10 autograd nodes per expert, a cat and a stack; compared with autograd's `x[token]` it avoids the slow
+  accumulating index_put_.
 - native (CPU, fp32, no gradients, a few rows per expert: decode): the C kernel of csrc/routed_swiglu.c
   (r1kit/models/native.py builds it on first use), which spreads (expert, row tile) items over the threads instead
   of forking and joining for each tiny matmul: 1.3-2.8x faster than the two below at decode sizes on a 2-core CPU.
@@ -103,7 +104,7 @@ class _TorchGlue:
                 d_ws, order = d_ws.index_select(0, self.pos), order.index_select(0, self.pos)  # real rows only
             d_w = torch.empty_like(d_ws).index_copy_(0, order, d_ws)  # [N*K], back in (token, slot) order
         ws = _readable_by_padding(w, self.pos).index_select(0, self.order)
-        d_act = d_act_w * ws[:, None]
+        d_act = d_act_w.mul_(ws[:, None])  # (d_act_w is not needed after this)
         d_h = torch.empty_like(h)  # [M, 2I]
         torch.mul(d_act, silu_gate, out=d_h[:, i:])  # d up = d_act * silu(gate)
         d_h[:, :i] = torch.ops.aten.silu_backward(d_act.mul_(up), gate)  # d gate = d_act * up * silu'(gate)
@@ -248,19 +249,19 @@ def routed_swiglu(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, gate_up: 
     if not grad and 0 < cap <= PADDED_MAX_ROWS and counts_t.numel() * cap <= PADDED_MAX_WASTE * flat.numel():
         with torch.no_grad():
             return _padded(x, idx, w, gate_up, down, counts_t, cap)
-    glue, counts = _layout(x, w, flat, counts_t, k)  # the rows sorted by expert
+    glue, counts = _layout(x, w, flat, counts_t, gate_up.shape[0], k)  # the rows sorted by expert
     if grad:
         return _RoutedSwiGLU.apply(x, w.flatten(), gate_up, down, glue, counts)
     with torch.no_grad():
         return _RoutedSwiGLU.forward(_NoCtx(), x, w.flatten(), gate_up, down, glue, counts)
 
 
-def _layout(x: torch.Tensor, w: torch.Tensor, flat: torch.Tensor, counts_t: torch.Tensor, k: int):
-    """(glue, rows of each expert in its layout) for the (token, slot) pairs' expert ids `flat` [N*K] (counts_t:
-    how many pairs each expert has)."""
+def _layout(x: torch.Tensor, w: torch.Tensor, flat: torch.Tensor, counts_t: torch.Tensor, e: int, k: int):
+    """(glue, rows of each expert in its layout) for the (token, slot) pairs' expert ids `flat` [N*K] in [0, e)
+    (counts_t: how many pairs each expert has)."""
     align = _row_align(x)
     if align == 1 and native._usable(x, w) is not None:
-        got = native.expert_order(flat, counts_t.numel())
+        got = native.expert_order(flat, e)
         if got is not None:
             order, inverse, counts = got
             return _NativeGlue(order, inverse, k, x.shape[0]), counts

@@ -4,16 +4,17 @@ Some CPU work is all call overhead or copies when written as torch ops: a decode
 matmuls per MoE layer (csrc/routed_swiglu.c), and paged decode attention gathers every row's context into a padded
 copy before attending (csrc/paged_decode.c, for MLA and GQA caches; shared vector code in csrc/dots.h), and the
 per-token small ops of a decode step are chains of tiny torch calls (RMSNorm, rope, DeepSeek-V3's expert selection:
-csrc/decode_small_ops.c; RMSNorm also has a differentiable version for training, `rms_norm_train`), and the
-routed experts' training sorts, gathers and sums rows around its matmuls (csrc/moe_train.c). Those few
-kernels are plain C (no torch headers: a build takes a few seconds), compiled together for this machine
-(-march=native) into one shared library cached under $R1KIT_CACHE_DIR/kernels (default ~/.cache/r1kit/kernels),
-keyed by a hash of the source, the compiler, the flags and the CPU, and called through ctypes on the tensors'
-memory. They compute in fp32; the weights and KV cache they read may also be bf16 (a model loaded in bf16), widened
-to fp32 as they load, which halves the memory traffic of a decode step. Nothing depends on them: without a C
-compiler, with R1KIT_NATIVE=0, or when a build or load fails, `load` returns None (after one warning), and so do
-the wrappers below for inputs they do not handle (other devices or dtypes, mismatched shapes): callers then keep
-their PyTorch path. The compiler is $CC, else cc.
+csrc/decode_small_ops.c; RMSNorm also has a differentiable version for training, `rms_norm_train`), and the routed
+experts' training sorts, gathers and sums rows around its matmuls (csrc/moe_train.c). Those few kernels are plain C
+(no torch headers: a build takes a few seconds), compiled together for this machine (-march=native) into one shared
+library cached under $R1KIT_CACHE_DIR/kernels (default ~/.cache/r1kit/kernels), keyed by a hash of the source, the
+compiler, the flags and the CPU, and called through ctypes on the tensors' memory. They compute in fp32; the weights
+and KV cache they read may also be bf16 (a model loaded in bf16), widened to fp32 as they load, which halves the
+memory traffic of a decode step. Nothing depends on them: without a C compiler, with R1KIT_NATIVE=0, or when a build
+or load fails, `load` returns None (after one warning), and so do the wrappers below for inputs they do not handle
+(other devices or dtypes, mismatched shapes): callers then keep their PyTorch path. The exception is the experts'
+training glue at the end: `expert_order` decides whether it runs, and the four after it trust their caller
+(grouped_experts._NativeGlue) for contiguous CPU fp32 inputs. The compiler is $CC, else cc.
 """
 from __future__ import annotations
 
@@ -38,9 +39,11 @@ SOURCES = Path(__file__).with_name("csrc")
 ROUTED_TILE = 32
 # (compile flags, link flags), tried in order; the first that builds wins. -ffast-math + glibc's libmvec vectorize
 # expf (the SwiGLU activation: a 2.3x faster kernel); the kernels have no NaN/inf checks that fast-math could fold
-# (softmax's max starts from a real score, not -inf). Objects are linked in a separate step without -ffast-math:
-# linking with it adds crtfastmath.o, which switches the whole process to flush-denormals-to-zero when the library
-# loads. Then without libmvec (macOS, musl), without OpenMP (Apple clang), without -march=native.
+# (softmax's max starts from a real score, not -inf), and no intermediate may overflow to inf (fast-math divides by
+# a refined reciprocal estimate, which makes x / inf NaN: the sigmoid is written with a bounded denominator).
+# Objects are linked in a separate step without -ffast-math: linking with it adds crtfastmath.o, which switches the
+# whole process to flush-denormals-to-zero when the library loads. Then without libmvec (macOS, musl), without
+# OpenMP (Apple clang), without -march=native.
 FLAG_SETS = (
     (["-O3", "-march=native", "-ffast-math", "-fopenmp"], ["-fopenmp", "-lmvec", "-lm"]),
     (["-O3", "-march=native", "-fopenmp"], ["-fopenmp", "-lm"]),
@@ -337,7 +340,8 @@ def router_select(scores: torch.Tensor, bias: torch.Tensor, k: int, groups: int,
 
 def expert_order(flat: torch.Tensor, e: int) -> tuple[torch.Tensor, torch.Tensor, list[int]] | None:
     """Stable counting sort of the expert ids flat [M] (CPU) -> (order [M]: the pair of each sorted row, inverse [M]:
-    the sorted row of each pair, rows of each of the e experts). None when the library is unavailable."""
+    the sorted row of each pair, rows of each of the e experts). None when the library is unavailable or flat is not
+    a plain 1-D CPU tensor. ValueError for ids outside [0, e)."""
     lib = load()
     if lib is None or flat.device.type != "cpu" or flat.dim() != 1 or type(flat) not in _PLAIN:
         return None

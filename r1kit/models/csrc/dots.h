@@ -36,6 +36,14 @@ static inline __attribute__((always_inline)) float scalar_w(const int wbf16, con
     return wbf16 ? bf16_to_f32(((const uint16_t *)p)[c]) : ((const float *)p)[c];
 }
 
+/* 1 / (1 + exp(-g)) with a denominator in [1, 2]: under -ffast-math the compiler divides by a reciprocal estimate
+ * refined by one Newton step, which turns an infinite denominator (expf(-g) overflows below g ~ -88.7) into
+ * inf * 0 = NaN. Written this way it vectorises the same and stays exact in the tails. */
+static inline __attribute__((always_inline)) float sigmoid_f32(float g) {
+    const float e = expf(-fabsf(g));
+    return (g >= 0.f ? 1.f : e) / (1.f + e);
+}
+
 #define SHUF __builtin_shufflevector
 
 /* Prefetch rows [0, n) of len elements each, stored contiguously (fp32, or bf16 when bf) */

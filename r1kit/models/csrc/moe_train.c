@@ -8,10 +8,7 @@
  * index_add_ into a zeroed output. Here each is one pass, the rows split over the threads (static schedule, fixed
  * summation order: results do not depend on the thread count).
  */
-#include <math.h>
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
+#include "dots.h"
 
 /* Stable counting sort of the expert ids idx[m] (values in [0, e)): order[r] = the pair in sorted row r, pos[p] =
  * the sorted row of pair p (order's inverse), counts[e]. Returns -1 on an id out of range or no memory. */
@@ -49,7 +46,7 @@ void swiglu_fwd_f32(const float *h, const float *w, const int64_t *order, float 
         const float *g = h + r * 2 * i, *u = g + i;
         const float wr = w[order[r]];
         float *a = act_w + r * i;
-        for (int64_t c = 0; c < i; c++) a[c] = g[c] / (1.f + expf(-g[c])) * u[c] * wr;
+        for (int64_t c = 0; c < i; c++) a[c] = g[c] * sigmoid_f32(g[c]) * u[c] * wr;
     }
 }
 
@@ -65,7 +62,7 @@ void swiglu_bwd_f32(const float *h, const float *w, const int64_t *order, const 
         const float wr = w[order[r]];
         float dw = 0.f;
         for (int64_t c = 0; c < i; c++) {
-            const float s = 1.f / (1.f + expf(-g[c])), silu = g[c] * s, d = da[c] * wr;
+            const float s = sigmoid_f32(g[c]), silu = g[c] * s, d = da[c] * wr;
             dw += da[c] * silu * u[c];
             du[c] = d * silu;
             dg[c] = d * u[c] * s * (1.f + g[c] * (1.f - s));  /* silu'(g) = s (1 + g (1 - s)) */

@@ -76,7 +76,7 @@ static inline __attribute__((always_inline)) int routed_swiglu(const int wbf16, 
                 const float wr = w[order[s + r]];  /* routing weight, applied on the narrow side (I < D) */
                 for (int64_t c = 0; c < i; c++) {
                     const float g = hr[r][c];
-                    act[r * i + c] = g / (1.f + expf(-g)) * hr[r][i + c] * wr;
+                    act[r * i + c] = g * sigmoid_f32(g) * hr[r][i + c] * wr;
                 }
             }
             dots_w(wbf16, ar, rows, elem(wbf16, down, ex * d * i), i, d, i, yr);  /* [rows, D] */
