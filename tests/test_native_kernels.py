@@ -415,6 +415,28 @@ def test_deepseek_router_gives_the_same_routing_with_and_without_the_native_kern
     assert torch.equal(scores, ref_scores)
 
 
+def test_deepseek_router_routes_training_and_inference_forwards_alike_even_on_exact_ties(lib):
+    """The C selection serves the training forward too (weights then gathered from the scores, differentiably), so
+    exact ties -- here every expert scores 0.5 for the zero tokens -- go to the same experts with and without
+    gradients: a rollout and the training pass over the same weights route identically."""
+    from r1kit.models.deepseek_v3 import DeepseekV3Config, Router
+
+    cfg = DeepseekV3Config(hidden_size=32, n_routed_experts=16, num_experts_per_tok=4, n_group=4, topk_group=2,
+                           vocab_size=64)
+    router = Router(cfg)
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        router.weight.copy_(torch.randn(16, 32, generator=g))
+    x = torch.cat([torch.zeros(3, 32), torch.randn(5, 32, generator=g)])
+    with torch.no_grad():
+        idx, w, _ = router(x)
+    t_idx, t_w, _ = router(x)
+    assert torch.equal(t_idx, idx) and idx[:3].tolist() == [[0, 1, 2, 3]] * 3  # ties: lowest ids, both paths
+    torch.testing.assert_close(t_w.detach(), w)
+    (t_w * torch.arange(1.0, 5.0)).sum().backward()  # (a plain sum of normalised weights has no gradient)
+    assert router.weight.grad is not None and router.weight.grad[:, :].abs().sum() > 1e-3
+
+
 def test_loading_the_native_library_keeps_denormals(lib):
     # a library linked with -ffast-math would switch the process to flush-to-zero when it loads
     tiny = torch.tensor([1e-39])  # a float32 denormal

@@ -162,20 +162,26 @@ class Router(nn.Module):
         """x [N, D] -> expert ids [N, K], weights [N, K] (fp32), scores [N, E] (fp32, unbiased)."""
         with torch.autocast(x.device.type, enabled=False):  # routing stays fp32 under bf16 autocast too
             scores = F.linear(x.float(), self.weight.float()).sigmoid()  # [N, E]
-        # inference: one C call (native.py; exact ties go to the lowest expert id, torch.topk orders them its own way)
-        if scores.device.type == "cpu" and not torch.is_grad_enabled():
-            chosen = native.router_select(scores, self.e_score_correction_bias, self.k, self.groups,
+        # on CPU the selection is one C call (native.py; exact ties go to the lowest expert id, where torch.topk
+        # orders them its own way), in inference and training alike: a rollout and the training forward over the
+        # same weights pick the same experts. With gradients the weights are then gathered from the scores.
+        chosen = None
+        if scores.device.type == "cpu":
+            chosen = native.router_select(scores.detach(), self.e_score_correction_bias, self.k, self.groups,
                                           self.topk_groups, self.norm, self.scaling)
-            if chosen is not None:
+            if chosen is not None and not (torch.is_grad_enabled() and scores.requires_grad):
                 return chosen[0], chosen[1], scores
-        choice = scores + self.e_score_correction_bias
-        if self.topk_groups < self.groups:
-            grouped = choice.view(-1, self.groups, self.e // self.groups)  # [N, G, E/G]
-            group_scores = grouped.topk(2, dim=-1)[0].sum(dim=-1)  # [N, G]
-            keep = torch.topk(group_scores, k=self.topk_groups, dim=-1, sorted=False)[1]
-            group_mask = torch.zeros_like(group_scores).scatter_(1, keep, 1).bool()  # [N, G]
-            choice = grouped.masked_fill(~group_mask[..., None], float("-inf")).view(-1, self.e)
-        idx = torch.topk(choice, k=self.k, dim=-1, sorted=False)[1]  # [N, K]
+        if chosen is not None:
+            idx = chosen[0]
+        else:
+            choice = scores + self.e_score_correction_bias
+            if self.topk_groups < self.groups:
+                grouped = choice.view(-1, self.groups, self.e // self.groups)  # [N, G, E/G]
+                group_scores = grouped.topk(2, dim=-1)[0].sum(dim=-1)  # [N, G]
+                keep = torch.topk(group_scores, k=self.topk_groups, dim=-1, sorted=False)[1]
+                group_mask = torch.zeros_like(group_scores).scatter_(1, keep, 1).bool()  # [N, G]
+                choice = grouped.masked_fill(~group_mask[..., None], float("-inf")).view(-1, self.e)
+            idx = torch.topk(choice, k=self.k, dim=-1, sorted=False)[1]  # [N, K]
         w = scores.gather(1, idx)
         if self.norm:
             w = w / (w.sum(dim=-1, keepdim=True) + 1e-20)
