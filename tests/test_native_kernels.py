@@ -394,15 +394,23 @@ def test_native_router_selects_the_same_experts_and_weights_as_a_reference(lib, 
     assert native.router_select(scores, bias, k, 5 if e % 5 else 7, 1, norm, 2.5) is None  # groups must divide E
 
 
-def test_deepseek_router_gives_the_same_routing_with_and_without_the_native_kernel(lib, monkeypatch):
+def _random_router(seed: int):
+    """A DeepSeek-V3 router of 16 experts (top-4, 2 of 4 groups) over hidden size 32, random weights; and its
+    generator, for the inputs."""
     from r1kit.models.deepseek_v3 import DeepseekV3Config, Router
 
     cfg = DeepseekV3Config(hidden_size=32, n_routed_experts=16, num_experts_per_tok=4, n_group=4, topk_group=2,
                            vocab_size=64)
     router = Router(cfg)
-    g = torch.Generator().manual_seed(3)
+    g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         router.weight.copy_(torch.randn(16, 32, generator=g))
+    return router, g
+
+
+def test_deepseek_router_gives_the_same_routing_with_and_without_the_native_kernel(lib, monkeypatch):
+    router, g = _random_router(3)
+    with torch.no_grad():
         router.e_score_correction_bias.copy_(0.1 * torch.randn(16, generator=g))
     x = torch.randn(40, 32, generator=g)
     with torch.no_grad():
@@ -419,14 +427,7 @@ def test_deepseek_router_routes_training_and_inference_forwards_alike_even_on_ex
     """The C selection serves the training forward too (weights then gathered from the scores, differentiably), so
     exact ties -- here every expert scores 0.5 for the zero tokens -- go to the same experts with and without
     gradients: a rollout and the training pass over the same weights route identically."""
-    from r1kit.models.deepseek_v3 import DeepseekV3Config, Router
-
-    cfg = DeepseekV3Config(hidden_size=32, n_routed_experts=16, num_experts_per_tok=4, n_group=4, topk_group=2,
-                           vocab_size=64)
-    router = Router(cfg)
-    g = torch.Generator().manual_seed(4)
-    with torch.no_grad():
-        router.weight.copy_(torch.randn(16, 32, generator=g))
+    router, g = _random_router(4)
     x = torch.cat([torch.zeros(3, 32), torch.randn(5, 32, generator=g)])
     with torch.no_grad():
         idx, w, _ = router(x)

@@ -165,15 +165,15 @@ class Router(nn.Module):
         # on CPU the selection is one C call (native.py; exact ties go to the lowest expert id, where torch.topk
         # orders them its own way), in inference and training alike: a rollout and the training forward over the
         # same weights pick the same experts. With gradients the weights are then gathered from the scores.
-        chosen = None
+        idx = None
         if scores.device.type == "cpu":
             chosen = native.router_select(scores.detach(), self.e_score_correction_bias, self.k, self.groups,
                                           self.topk_groups, self.norm, self.scaling)
-            if chosen is not None and not (torch.is_grad_enabled() and scores.requires_grad):
-                return chosen[0], chosen[1], scores
-        if chosen is not None:
-            idx = chosen[0]
-        else:
+            if chosen is not None:
+                if not (torch.is_grad_enabled() and scores.requires_grad):
+                    return chosen[0], chosen[1], scores
+                idx = chosen[0]
+        if idx is None:
             choice = scores + self.e_score_correction_bias
             if self.topk_groups < self.groups:
                 grouped = choice.view(-1, self.groups, self.e // self.groups)  # [N, G, E/G]

@@ -88,8 +88,8 @@ class _TorchGlue:
     def activation(self, h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """[M, 2I] gate/up pre-activations, routing weights w [N*K] -> silu(gate) * up * w of each row [M, I]."""
         i = h.shape[1] // 2
-        ws = _readable_by_padding(w, self.pos).index_select(0, self.order)  # [M]
-        return F.silu(h[:, :i]).mul_(h[:, i:]).mul_(ws[:, None])
+        self.ws = _readable_by_padding(w, self.pos).index_select(0, self.order)  # [M], kept for the backward
+        return F.silu(h[:, :i]).mul_(h[:, i:]).mul_(self.ws[:, None])
 
     def activation_backward(self, h: torch.Tensor, w: torch.Tensor, d_act_w: torch.Tensor, need_dw: bool):
         """-> (d_h [M, 2I], d_w [N*K] or None); silu(gate) is recomputed, not saved."""
@@ -103,8 +103,7 @@ class _TorchGlue:
             if self.pos is not None:
                 d_ws, order = d_ws.index_select(0, self.pos), order.index_select(0, self.pos)  # real rows only
             d_w = torch.empty_like(d_ws).index_copy_(0, order, d_ws)  # [N*K], back in (token, slot) order
-        ws = _readable_by_padding(w, self.pos).index_select(0, self.order)
-        d_act = d_act_w.mul_(ws[:, None])  # (d_act_w is not needed after this)
+        d_act = d_act_w.mul_(self.ws[:, None])  # (d_act_w is not needed after this)
         d_h = torch.empty_like(h)  # [M, 2I]
         torch.mul(d_act, silu_gate, out=d_h[:, i:])  # d up = d_act * silu(gate)
         d_h[:, :i] = torch.ops.aten.silu_backward(d_act.mul_(up), gate)  # d gate = d_act * up * silu'(gate)
