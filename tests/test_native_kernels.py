@@ -527,3 +527,102 @@ def test_r1kit_native_0_switches_the_kernels_off(monkeypatch):
         assert native.load() is None
     finally:
         native.load.cache_clear()
+
+
+def shared_prefix_reference(q, k, v, valid, P, G, C, scale):
+    """float64, every prompt and every completion attended as its own sequence (attention.SharedPrefix's
+    semantics): a prompt query sees the valid prompt keys up to itself (a padding query only itself), a completion
+    query every valid prompt key and its own completion's keys up to itself. q/k/v [B, H, L, d] -> [B, H, L, dv]."""
+    q, k, v = q.double(), k.double(), v.double()
+    rows = []
+    for b in range(q.shape[0]):
+        ok = valid[b].bool().tolist()
+        cols = []
+        for t in range(P + G * C):
+            if t < P:
+                keys = [j for j in range(t + 1) if ok[j] or j == t]
+            else:
+                g, c = divmod(t - P, C)
+                keys = [j for j in range(P) if ok[j]] + [P + g * C + x for x in range(c + 1)]
+            s = torch.einsum("hd,hnd->hn", q[b, :, t], k[b, :, keys]) * scale
+            cols.append(torch.einsum("hn,hnd->hd", s.softmax(-1), v[b, :, keys]))
+        rows.append(torch.stack(cols, dim=1))
+    return torch.stack(rows)
+
+
+# Odd sizes around the kernel's 8-row causal blocks and 16-float column blocks; left-padded prompts (one with a
+# single real token); C = 1; v narrower than q/k and read through strides (MLA's v is a slice of kv_b's output).
+@pytest.mark.parametrize("B, H, P, G, C, d, dv, pads, threads", [
+    (2, 3, 9, 3, 7, 32, 16, [0, 4], 1),
+    (1, 2, 5, 2, 19, 48, 32, [2], 2),
+    (2, 1, 20, 2, 1, 16, 16, [19, 0], 2),
+])
+def test_native_shared_prefix_attention_and_its_gradients_match_separate_sequences(lib, B, H, P, G, C, d, dv,
+                                                                                   pads, threads):
+    g = torch.Generator().manual_seed(0)
+    L = P + G * C
+    q = torch.randn(B, L, H, d, generator=g).transpose(1, 2).requires_grad_()
+    k = torch.randn(B, L, H, d, generator=g).transpose(1, 2).requires_grad_()
+    wide = torch.randn(B, L, H, dv + 8, generator=g).requires_grad_()
+    v = wide[..., 8:].transpose(1, 2)
+    valid = torch.ones(B, P, dtype=torch.uint8)
+    for b, n in enumerate(pads):
+        valid[b, :n] = 0
+    go = torch.randn(B, H, L, dv, generator=g)
+    torch.set_num_threads(threads)
+    try:
+        out = native.shared_prefix_attention(q, k, v, valid, (P, G, C), d ** -0.5)
+        grads = torch.autograd.grad(out, (q, k, wide), go)
+    finally:
+        torch.set_num_threads(2)
+    ref = shared_prefix_reference(q, k, v, valid, P, G, C, d ** -0.5)
+    ref_grads = torch.autograd.grad(ref, (q, k, wide), go.double())
+    assert out.dtype == torch.float32 and out.shape == (B, H, L, dv)
+    assert torch.allclose(out.double(), ref, atol=1e-5)
+    for got, want in zip(grads, ref_grads):
+        assert torch.allclose(got.double(), want.double(), atol=1e-5), (got.double() - want).abs().max()
+    assert grads[2][..., :8].abs().max() == 0  # the columns of kv outside v get no gradient
+
+
+def test_shared_prefix_rows_attend_through_the_native_kernel_on_cpu(lib, monkeypatch):
+    from r1kit.models.attention import SharedPrefix
+
+    g = torch.Generator().manual_seed(1)
+    P, G, C, H, d, dv = 6, 4, 9, 2, 48, 32          # deepseek_v3-small's head dims (v narrower than q/k)
+    valid = torch.ones(2, P, dtype=torch.bool)
+    valid[1, :3] = False
+    layout = SharedPrefix(P, G, C, valid)
+    q, k = (torch.randn(2, H, P + G * C, d, generator=g, requires_grad=True) for _ in range(2))
+    v = torch.randn(2, H, P + G * C, dv, generator=g, requires_grad=True)
+    calls = []
+    real = native.shared_prefix_attention
+    monkeypatch.setattr(native, "shared_prefix_attention", lambda *a: calls.append(1) or real(*a))
+    got = layout.attend(q, k, v, 0.3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 autocast: the same fp32 kernel on upcast inputs
+        got_autocast = layout.attend(q.bfloat16(), k.bfloat16(), v.bfloat16(), 0.3)
+    assert len(calls) == 2 and got_autocast.dtype == torch.float32
+    monkeypatch.setattr(native, "shared_prefix_attention", lambda *a: None)  # torch's SDPA path
+    want = layout.attend(q, k, v, 0.3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want_autocast = layout.attend(q.bfloat16(), k.bfloat16(), v.bfloat16(), 0.3)
+    assert torch.allclose(got, want, atol=1e-5)
+    assert torch.allclose(got_autocast, want_autocast, atol=1e-5)
+    go = torch.randn(got.shape, generator=g)
+    monkeypatch.setattr(native, "shared_prefix_attention", real)
+    for a, b in zip(torch.autograd.grad(got, (q, k, v), go), torch.autograd.grad(want, (q, k, v), go)):
+        assert torch.allclose(a, b, atol=1e-5)
+    (gq,) = torch.autograd.grad(layout.attend(q, k, v, 0.3).pow(2).sum(), q, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        gq.sum().backward()
+
+
+def test_native_shared_prefix_attention_declines_what_it_does_not_handle(lib):
+    valid = torch.ones(1, 2, dtype=torch.uint8)
+    q = torch.randn(1, 2, 8, 32)
+    assert native.shared_prefix_attention(q, q, q, valid, (2, 2, 3), 1.0) is not None
+    assert native.shared_prefix_attention(q[..., :24], q[..., :24], q[..., :24], valid, (2, 2, 3), 1.0) is None
+    assert native.shared_prefix_attention(q, q[:, :1], q[:, :1], valid, (2, 2, 3), 1.0) is None  # fewer kv heads
+    assert native.shared_prefix_attention(q, q, q, valid, (2, 2, 2), 1.0) is None  # L != P + G * C
+    assert native.shared_prefix_attention(q.double(), q.double(), q.double(), valid, (2, 2, 3), 1.0) is None
+    assert native.shared_prefix_attention(q, q, q, valid.bool(), (2, 2, 3), 1.0) is None
+    assert native.shared_prefix_attention(q.transpose(-1, -2)[..., :8, :], q, q, valid, (2, 2, 3), 1.0) is None

@@ -19,7 +19,9 @@ separate sequences: the prompt attends causally to itself; completion i attends 
 itself, never to completion j. Positions are passed explicitly (a completion starts at the prompt's length), so
 logits and gradients equal those of the unpacked batch up to float rounding; the prompt's gradient collects the
 contributions of all G completions. For GRPO's prompts of ~85 tokens and completions of ~128, this removes a third
-of the tokens of the training forward and backward.
+of the tokens of the training forward and backward. On CPU in fp32 the attention itself runs in one C kernel
+(native.shared_prefix_attention) that reads the row as it is; elsewhere it is two SDPA calls, the completions'
+keys being the prompt's repeated G times next to each completion's own.
 """
 from __future__ import annotations
 
@@ -27,6 +29,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from r1kit.models import native
 
 
 @dataclass
@@ -60,14 +64,23 @@ class SharedPrefix:
         to_prompt = valid[:, None, :].expand(ng, c, p)                          # [Ng, C, P]
         mask = torch.cat([to_prompt, causal.expand(ng, c, c)], dim=-1)          # [Ng, C, P + C]
         self.completion_mask = mask.repeat_interleave(self.group_size, dim=0)[:, None]  # [Ng*G, 1, C, P + C]
+        self.prefix_valid_u8 = valid.to(torch.uint8).contiguous()  # for the native kernel
 
     @property
     def row_len(self) -> int:
         return self.prefix_len + self.group_size * self.completion_len
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-        """q/k [Ng, H, L, d], v [Ng, H, L, dv] with L = P + G*C -> [Ng, H, L, dv]."""
+        """q/k [Ng, H, L, d], v [Ng, H, L, dv] with L = P + G*C -> [Ng, H, L, dv]. On CPU, the native kernel
+        (csrc/shared_prefix_attention.c: no copies of the prompt's keys, no masked blocks; in fp32, also under
+        autocast) when it takes the shapes, else two SDPA calls."""
         P, G, C = self.prefix_len, self.group_size, self.completion_len
+        if q.device.type == "cpu":
+            if torch.is_autocast_enabled("cpu"):
+                q, k, v = q.float(), k.float(), v.float()
+            out = native.shared_prefix_attention(q, k, v, self.prefix_valid_u8, (P, G, C), scale)
+            if out is not None:
+                return out
         ng = q.shape[0]
         out_p = _sdpa(q[:, :, :P], k[:, :, :P], v[:, :, :P], attn_mask=self.prefix_mask,
                       scale=scale)  # [Ng, H, P, dv]
@@ -84,7 +97,7 @@ class SharedPrefix:
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Padding | SharedPrefix | None,
            scale: float) -> torch.Tensor:
-    """q/k [B, H, T, d], v [B, H, T, dv] -> [B, H, T, dv]; see the module docstring for `mask`."""
+    """q/k [B, H, T, d], v [B, H, T, dv] (dv <= d) -> [B, H, T, dv]; see the module docstring for `mask`."""
     if isinstance(mask, SharedPrefix):
         return mask.attend(q, k, v, scale)
     if isinstance(mask, Padding):
@@ -93,10 +106,15 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Padding | Sh
 
 
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kw) -> torch.Tensor:
-    """F.scaled_dot_product_attention, in fp32 under CPU autocast: torch's CPU flash attention is no faster in bf16
-    (its backward is slower: 51 vs 43 ms for GRPO's completion shapes on a Zen 4 EPYC) and fp32 keeps the softmax
-    exact. The output stays fp32; the next projection casts it back under autocast."""
+    """F.scaled_dot_product_attention, with v zero-padded to q's head dim when narrower (MLA: equal head dims let
+    SDPA use its fused flash kernel; the padding's output columns are dropped), in fp32 under CPU autocast: torch's
+    CPU flash attention is no faster in bf16 (its backward is slower: 51 vs 43 ms for GRPO's completion shapes on a
+    Zen 4 EPYC) and fp32 keeps the softmax exact. The output stays fp32; the next projection casts it back under
+    autocast."""
+    dv = v.shape[-1]
+    if dv < q.shape[-1]:
+        v = F.pad(v, (0, q.shape[-1] - dv))
     if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
         with torch.autocast("cpu", enabled=False):
-            return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), **kw)
-    return F.scaled_dot_product_attention(q, k, v, **kw)
+            return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), **kw)[..., :dv]
+    return F.scaled_dot_product_attention(q, k, v, **kw)[..., :dv]

@@ -122,10 +122,8 @@ class MLAttention(nn.Module):
         k_nope, v = kv.split([self.nope, self.v], dim=-1)  # [B, T, H, nope], [B, T, H, v]
         q = torch.cat((q_nope, q_pe), dim=-1)  # [B, T, H, nope+rope]
         k = torch.cat((k_nope, k_pe.unsqueeze(-2).expand(*lead, self.h, self.rope)), dim=-1)
-        if self.v < self.nope + self.rope:  # equal head dims let SDPA use its fused (flash) kernel
-            v = F.pad(v, (0, self.nope + self.rope - self.v))
-        o = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask, self.scale)  # [B, H, T, qk]
-        return self.o_proj(o[..., :self.v].transpose(1, 2).flatten(2))
+        o = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask, self.scale)  # [B, H, T, v]
+        return self.o_proj(o.transpose(1, 2).flatten(2))
 
     def _paged(self, q_nope, q_pe, c_kv, k_pe, ctx: AttentionContext) -> torch.Tensor:
         from r1kit.models.paged_attention import mla_paged_attention

@@ -5,7 +5,9 @@ matmuls per MoE layer (csrc/routed_swiglu.c), and paged decode attention gathers
 copy before attending (csrc/paged_decode.c, for MLA and GQA caches; shared vector code in csrc/dots.h), and the
 per-token small ops of a decode step are chains of tiny torch calls (RMSNorm, rope, DeepSeek-V3's expert selection:
 csrc/decode_small_ops.c; RMSNorm also has a differentiable version for training, `rms_norm_train`), and the routed
-experts' training sorts, gathers and sums rows around its matmuls (csrc/moe_train.c). Those few kernels are plain C
+experts' training sorts, gathers and sums rows around its matmuls (csrc/moe_train.c), and GRPO's shared-prefix
+rows need attention with a mask torch's CPU flash kernel can only take as an explicit tensor over copied keys
+(csrc/shared_prefix_attention.c, forward and backward). Those few kernels are plain C
 (no torch headers: a build takes a few seconds), compiled together for this machine (-march=native) into one shared
 library cached under $R1KIT_CACHE_DIR/kernels (default ~/.cache/r1kit/kernels), keyed by a hash of the source, the
 compiler, the flags and the CPU, and called through ctypes on the tensors' memory. They compute in fp32; the weights
@@ -135,6 +137,8 @@ def _declare(lib: ctypes.CDLL) -> None:
         "swiglu_fwd_f32": [ptr] * 4 + [i64] * 2 + [ctypes.c_int],
         "swiglu_bwd_f32": [ptr] * 6 + [i64] * 2 + [ctypes.c_int],
         "token_sums_f32": [ptr] * 3 + [i64] * 3 + [ctypes.c_int],
+        "sp_attention_fwd": [ptr] * 6 + [i64] * 7 + [ptr] * 4 + [ctypes.c_float, ctypes.c_int],
+        "sp_attention_bwd": [ptr] * 10 + [i64] * 7 + [ptr] * 8 + [ctypes.c_float, ctypes.c_int],
     }
     void = {"gather_rows_f32", "swiglu_fwd_f32", "swiglu_bwd_f32", "token_sums_f32"}
     for name, args in signatures.items():
@@ -285,6 +289,59 @@ class _RMSNormFunction(torch.autograd.Function):
         ctx.lib.rms_norm_bwd_f32(rows.data_ptr(), weight.data_ptr(), rstd.data_ptr(), g.data_ptr(), dx.data_ptr(),
                                  dw.data_ptr(), work.data_ptr(), n, d, ctx.stride, threads)
         return dx.view(ctx.x_shape), dw, None, None, None, None
+
+
+def _bht(t: torch.Tensor):
+    """(batch, head, token) strides of a [B, H, L, d] tensor, for csrc/shared_prefix_attention.c"""
+    return (ctypes.c_int64 * 3)(*t.stride()[:3])
+
+
+class _SharedPrefixAttention(torch.autograd.Function):
+    """Differentiable shared-prefix attention through sp_attention_fwd / sp_attention_bwd. The output and the
+    gradients are [B, L, H, d] tensors seen as [B, H, L, d], the layout the projections around attention use."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, valid, shape, scale, lib):
+        (b, h, length, d), dv, (p, g, c) = q.shape, v.shape[-1], shape
+        out, lse = q.new_empty(b, length, h, dv).transpose(1, 2), q.new_empty(b, h, length)
+        if lib.sp_attention_fwd(q.data_ptr(), k.data_ptr(), v.data_ptr(), valid.data_ptr(), out.data_ptr(),
+                                lse.data_ptr(), b, h, p, g, c, d, dv, _bht(q), _bht(k), _bht(v), _bht(out), scale,
+                                torch.get_num_threads()):
+            raise MemoryError("native shared-prefix attention: out of memory")
+        ctx.save_for_backward(q, k, v, valid, out, lse)
+        ctx.shape, ctx.scale, ctx.lib = shape, scale, lib
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, go):
+        q, k, v, valid, out, lse = ctx.saved_tensors
+        (b, h, length, d), dv, (p, g, c) = q.shape, v.shape[-1], ctx.shape
+        go = go if go.stride(-1) == 1 else go.contiguous()
+        dq, dk = (q.new_empty(b, length, h, d).transpose(1, 2) for _ in range(2))
+        d_v = q.new_empty(b, length, h, dv).transpose(1, 2)
+        if ctx.lib.sp_attention_bwd(q.data_ptr(), k.data_ptr(), v.data_ptr(), valid.data_ptr(), out.data_ptr(),
+                                    lse.data_ptr(), go.data_ptr(), dq.data_ptr(), dk.data_ptr(), d_v.data_ptr(), b, h,
+                                    p, g, c, d, dv, _bht(q), _bht(k), _bht(v), _bht(out), _bht(go), _bht(dq),
+                                    _bht(dk), _bht(d_v), ctx.scale, torch.get_num_threads()):
+            raise MemoryError("native shared-prefix attention: out of memory")
+        return dq, dk, d_v, None, None, None, None
+
+
+def shared_prefix_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor,
+                            shape: tuple[int, int, int], scale: float) -> torch.Tensor | None:
+    """Differentiable attention over shared-prefix rows (csrc/shared_prefix_attention.c; layout and masks:
+    attention.SharedPrefix): q/k [B, H, L, d], v [B, H, L, dv] (any strides with a contiguous last dim), valid
+    [B, P] uint8, shape (P, G, C) -> [B, H, L, dv]. None when the kernel cannot take them (not CPU fp32, head dims
+    not multiples of 16, k/v with other head counts than q)."""
+    lib = _usable(q, k, v)
+    p, g, c = shape
+    if (lib is None or q.dim() != 4 or k.shape != q.shape or v.shape[:3] != q.shape[:3] or q.shape[2] != p + g * c
+            or q.shape[-1] % 16 or v.shape[-1] % 16 or any(t.stride(-1) != 1 for t in (q, k, v))
+            or valid.dtype != torch.uint8 or valid.device.type != "cpu" or not valid.is_contiguous()
+            or valid.shape != (q.shape[0], p)):
+        return None
+    return _SharedPrefixAttention.apply(q, k, v, valid, shape, scale, lib)
 
 
 def rms_norm_train(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor | None:
