@@ -626,3 +626,6 @@ def test_native_shared_prefix_attention_declines_what_it_does_not_handle(lib):
     assert native.shared_prefix_attention(q.double(), q.double(), q.double(), valid, (2, 2, 3), 1.0) is None
     assert native.shared_prefix_attention(q, q, q, valid.bool(), (2, 2, 3), 1.0) is None
     assert native.shared_prefix_attention(q.transpose(-1, -2)[..., :8, :], q, q, valid, (2, 2, 3), 1.0) is None
+    assert native.shared_prefix_attention(q, q, q[..., 0, :], valid, (2, 2, 3), 1.0) is None  # 3-D v
+    big = torch.ones(1, 20, dtype=torch.uint8)
+    assert native.shared_prefix_attention(q, q, q, big, (20, 1, -12), 1.0) is None  # P + G*C = L, but C < 0

@@ -333,10 +333,13 @@ def shared_prefix_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, v
     """Differentiable attention over shared-prefix rows (csrc/shared_prefix_attention.c; layout and masks:
     attention.SharedPrefix): q/k [B, H, L, d], v [B, H, L, dv] (any strides with a contiguous last dim), valid
     [B, P] uint8, shape (P, G, C) -> [B, H, L, dv]. None when the kernel cannot take them (not CPU fp32, head dims
-    not multiples of 16, k/v with other head counts than q)."""
+    not multiples of 16, k/v with other head counts than q). Each thread holds the scores of one prompt or completion,
+    max(P, C) x (P + C) floats (twice in the backward): flash attention's memory is O(block), but at these sizes the
+    SDPA path's explicit mask is larger. MemoryError when that cannot be allocated."""
     lib = _usable(q, k, v)
     p, g, c = shape
-    if (lib is None or q.dim() != 4 or k.shape != q.shape or v.shape[:3] != q.shape[:3] or q.shape[2] != p + g * c
+    if (lib is None or q.dim() != 4 or v.dim() != 4 or k.shape != q.shape or v.shape[:3] != q.shape[:3]
+            or min(p, g, c) < 0 or q.shape[2] != p + g * c or q.shape[-1] < 16 or v.shape[-1] < 16
             or q.shape[-1] % 16 or v.shape[-1] % 16 or any(t.stride(-1) != 1 for t in (q, k, v))
             or valid.dtype != torch.uint8 or valid.device.type != "cpu" or not valid.is_contiguous()
             or valid.shape != (q.shape[0], p)):

@@ -9,8 +9,8 @@
  * copies (the prompt's keys repeated G times) and an explicit mask, and computes the masked upper triangle of each
  * completion. Here each (batch, head) is one work item: the prompt's keys are transposed once into a thread buffer
  * and serve the prompt and all G completions, masked blocks are skipped, and the products are register-blocked
- * (4 rows x 64 columns of accumulators fed by one broadcast per row and one vector load per 16 columns), so each
- * weight vector load serves 4 FMAs. The backward recomputes the probabilities from the saved log-sum-exp (as flash
+ * (up to 8 rows x 2 vectors, 6 x 3 or 4 x 4 accumulators of 16 floats, fed by one broadcast per row and one load
+ * per vector), so each vector load serves 4-8 FMAs. The backward recomputes the probabilities from the saved log-sum-exp (as flash
  * attention does) and accumulates the prompt keys' gradients over all queries of the item in a thread buffer.
  *
  * Tensors are addressed through (batch, head, token) strides in floats with a contiguous last dimension; the head
