@@ -49,6 +49,56 @@ def test_native_routed_experts_match_a_per_token_reference(lib, threads):
     torch.testing.assert_close(out.double(), experts_reference(x, idx, w, gate_up, down), rtol=1e-5, atol=1e-6)
 
 
+def _routed_case(d, i, seed=0):
+    """37 tokens x 3 slots over 6 experts: expert 0 takes every token's first slot (37 rows, more than one work
+    item), expert 4 gets nothing"""
+    g = torch.Generator().manual_seed(seed)
+    n, k, e = 37, 3, 6
+    others = torch.tensor([1, 2, 3, 5])
+    idx = torch.stack([torch.cat([torch.zeros(1, dtype=torch.long), others[torch.randperm(4, generator=g)[:k - 1]]])
+                       for _ in range(n)])
+    w, x = torch.rand(n, k, generator=g), torch.randn(n, d, generator=g)
+    return x, idx, w, 0.3 * torch.randn(e, 2 * i, d, generator=g), 0.3 * torch.randn(e, d, i, generator=g)
+
+
+# Inside an expert_weight_blocks() scope (a rollout) fp32 experts with 2I and D multiples of 32 run the blocked
+# kernel over transposed copies, made once and reused; the copies go when the scope closes.
+@pytest.mark.parametrize("threads", [1, 2])
+def test_native_routed_experts_over_blocked_weights_match_the_reference_inside_a_scope(lib, threads):
+    x, idx, w, gate_up, down = _routed_case(64, 48)
+    torch.set_num_threads(threads)
+    try:
+        with native.expert_weight_blocks():
+            out = native.routed_swiglu(x, idx, w, gate_up, down)
+            assert set(native._BLOCKS) == {id(gate_up), id(down)}  # the blocked kernel ran
+            blocks = native._BLOCKS[id(gate_up)][1]
+            with native.expert_weight_blocks():                    # nested: the same copies
+                again = native.routed_swiglu(x, idx, w, gate_up, down)
+            assert native._BLOCKS[id(gate_up)][1] is blocks
+    finally:
+        torch.set_num_threads(2)
+    assert native._BLOCKS is None
+    assert torch.equal(out, again)
+    ref = experts_reference(x, idx, w, gate_up, down)  # fp32 rounding of sums of 48-64 products, serial per lane
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-6 * float(ref.abs().max()))
+
+
+def test_expert_weight_blocks_see_new_weights_in_the_next_scope_and_stay_under_the_memory_cap(lib, monkeypatch):
+    x, idx, w, gate_up, down = _routed_case(32, 16, seed=3)
+    with native.expert_weight_blocks():
+        native.routed_swiglu(x, idx, w, gate_up, down)
+    with torch.no_grad():
+        gate_up.mul_(-0.5)  # an optimizer step between two rollouts
+    with native.expert_weight_blocks():
+        out = native.routed_swiglu(x, idx, w, gate_up, down)
+    torch.testing.assert_close(out.double(), experts_reference(x, idx, w, gate_up, down), rtol=1e-5, atol=1e-6)
+    monkeypatch.setattr(native, "_BLOCKS_MAX_BYTES", gate_up.numel() * 4)  # room for gate_up's copy, not down's
+    with native.expert_weight_blocks():
+        capped = native.routed_swiglu(x, idx, w, gate_up, down)
+        assert list(native._BLOCKS) == [id(gate_up)]  # the unblocked kernel ran
+    torch.testing.assert_close(capped, out, rtol=1e-5, atol=1e-6)
+
+
 # Expert j gets j + 1 rows (1..9): every remainder of the kernel's 4-row blocks (a 2-row and a 1-row block, with
 # more weight rows each), split into work items (tiles) of 1, 4 or the default number of rows; widths that leave
 # partial 16-row weight chunks and vector tails, and an expert width below one vector (i = 12: the scalar path).

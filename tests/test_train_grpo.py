@@ -46,7 +46,8 @@ def test_mean_reward_rises_on_a_toy_task(tiny_checkpoint, tmp_path):
     assert (tmp_path / "reward.png").is_file() and (tmp_path / "length.png").is_file()
 
 
-def test_engine_rollout_logprobs_equal_the_training_forward(tiny_checkpoint):
+def test_engine_rollout_logprobs_equal_the_training_forward(tiny_checkpoint, monkeypatch):
+    from r1kit.models import native
     from r1kit.models.checkpoint import load_model
     from r1kit.tokenizer import load_tokenizer
     from r1kit.train.rollout import EngineRollout
@@ -55,9 +56,13 @@ def test_engine_rollout_logprobs_equal_the_training_forward(tiny_checkpoint):
     path = tiny_checkpoint("deepseek_v3")
     tok, model = load_tokenizer(path), load_model(path, dtype=torch.float32)
     engine = EngineRollout(model, tok, max_model_len=128, max_num_seqs=8)
+    blocked, real = [], native._expert_blocks
+    monkeypatch.setattr(native, "_expert_blocks", lambda *a: blocked.append(real(*a) is not None) or real(*a))
     engine.wake()
     [group] = engine.generate([prompt_ids(tok, EXAMPLES[0], 64)], EXAMPLES[:1], [0], 4, [7], 12, 0.7, 1.0)
     engine.release_memory()
+    if native.load() is not None:  # the rollout decoded over blocked expert weights, dropped after it
+        assert blocked and all(blocked) and native._BLOCKS is None
     batch = pack_groups(group, 4, tok.pad_token_id, torch.device("cpu"))
     mask, old = batch.mask, batch.old_logprobs
     with torch.no_grad():

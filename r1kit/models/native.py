@@ -1,7 +1,8 @@
 """Native CPU kernels: C sources in r1kit/models/csrc, compiled on first use with the system C compiler.
 
 Some CPU work is all call overhead or copies when written as torch ops: a decode step's routed experts are ~60 tiny
-matmuls per MoE layer (csrc/routed_swiglu.c), and paged decode attention gathers every row's context into a padded
+matmuls per MoE layer (csrc/routed_swiglu.c; inside an `expert_weight_blocks()` scope, such as a GRPO rollout, over
+transposed, column-blocked copies of the weights, which stream at twice the speed), and paged decode attention gathers every row's context into a padded
 copy before attending (csrc/paged_decode.c, for MLA and GQA caches; shared vector code in csrc/dots.h), and the
 per-token small ops of a decode step are chains of tiny torch calls (RMSNorm, rope, DeepSeek-V3's expert selection:
 csrc/decode_small_ops.c; RMSNorm also has a differentiable version for training, `rms_norm_train`), and the routed
@@ -20,6 +21,7 @@ training glue at the end: `expert_order` decides whether it runs, and the four a
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -126,6 +128,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     signatures = {
         "routed_swiglu_f32": [ptr] * 7 + [i64] * 5 + [ctypes.c_int] * 2,
         "routed_swiglu_bf16w": [ptr] * 7 + [i64] * 5 + [ctypes.c_int] * 2,
+        "routed_swiglu_blocked_f32": [ptr] * 7 + [i64] * 5 + [ctypes.c_int] * 2,
         "paged_decode_f32": [ptr] * 6 + [i64] * 10 + [ctypes.c_float, ctypes.c_int],
         "paged_decode_bf16kv": [ptr] * 6 + [i64] * 10 + [ctypes.c_float, ctypes.c_int],
         "rms_norm_fwd_f32": [ptr] * 4 + [i64] * 3 + [ctypes.c_float],
@@ -182,15 +185,66 @@ def routed_swiglu(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, gate_up: 
         return None  # the PyTorch path says what is wrong
     if n == 0 or k == 0:
         return x.new_zeros(n, d)
+    blocks = None if half else _expert_blocks(gate_up, down)
     xf, wf, gate_up, down = (t.contiguous() for t in (xf, wf, gate_up, down))
     idx = idx.to(torch.int64).contiguous()
     out, work = xf.new_empty(n, d), xf.new_empty(n * k, d)
-    kernel = lib.routed_swiglu_bf16w if half else lib.routed_swiglu_f32
+    if blocks is not None:
+        kernel, (gate_up, down) = lib.routed_swiglu_blocked_f32, blocks
+    else:
+        kernel = lib.routed_swiglu_bf16w if half else lib.routed_swiglu_f32
     rc = kernel(xf.data_ptr(), idx.data_ptr(), wf.data_ptr(), gate_up.data_ptr(), down.data_ptr(), out.data_ptr(),
                 work.data_ptr(), n, k, e, d, i2 // 2, ROUTED_TILE, torch.get_num_threads())
     if rc != 0:
         raise RuntimeError(f"native routed_swiglu failed (expert ids outside [0, {e}) or out of memory)")
     return out.to(x.dtype)
+
+
+# Blocked copies of the routed experts' fp32 weights for csrc/routed_swiglu.c's blocked kernel, made on first use
+# inside an `expert_weight_blocks()` scope and dropped when it closes: {id(weight): (weight, blocks)}; None outside.
+_BLOCKS: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
+_BLOCKS_MAX_BYTES = 2 << 30  # beyond this (a large model on CPU), the scope keeps the unblocked kernel
+
+
+@contextlib.contextmanager
+def expert_weight_blocks():
+    """A scope over which the routed experts' weights do not change (a rollout, a generate call): inside it, the
+    decode experts kernel keeps a transposed, column-blocked copy of each fp32 expert weight it reads (made on first
+    use, ~one pass over the weights) and runs the blocked kernel over it, about 2x faster at decode sizes; the copies
+    are dropped on exit. Changing the weights inside the scope is not seen. Scopes nest; the outermost owns the
+    copies."""
+    global _BLOCKS
+    if _BLOCKS is not None:
+        yield
+        return
+    _BLOCKS = {}
+    try:
+        yield
+    finally:
+        _BLOCKS = None
+
+
+def _blocked(weight: torch.Tensor) -> torch.Tensor:
+    """[E, O, In] -> [E, O/32, In, 32]: block j holds outputs 32j..32j+31, input-major"""
+    e, o, i = weight.shape
+    return weight.detach().view(e, o // 32, 32, i).transpose(2, 3).contiguous()
+
+
+def _expert_blocks(gate_up: torch.Tensor, down: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The blocked copies of gate_up [E, 2I, D] and down [E, D, I] inside an expert_weight_blocks() scope, else
+    None (also for shapes the blocked kernel does not take: 2I and D multiples of 32, fp32 CPU weights)."""
+    if (_BLOCKS is None or gate_up.shape[1] % 32 or gate_up.shape[2] % 32 or gate_up.dtype != torch.float32
+            or down.dtype != torch.float32):
+        return None
+    got = []
+    for weight in (gate_up, down):
+        hit = _BLOCKS.get(id(weight))
+        if hit is None or hit[0] is not weight:
+            if sum(b.numel() for _, b in _BLOCKS.values()) * 4 + weight.numel() * 4 > _BLOCKS_MAX_BYTES:
+                return None
+            hit = _BLOCKS[id(weight)] = (weight, _blocked(weight))  # holding weight keeps its id from being reused
+        got.append(hit[1])
+    return got[0], got[1]
 
 
 def mla_decode(q: torch.Tensor, cache: torch.Tensor, tables: torch.Tensor, lens: torch.Tensor,

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from r1kit.models import native
+
 
 @dataclass
 class Sample:
@@ -58,7 +60,8 @@ class EngineRollout:
         was_training = self.policy.training
         self.policy.eval()                       # no MoE load counting / dropout during rollouts
         try:
-            outputs = self.llm.generate(prompts, params, use_tqdm=False)
+            with native.expert_weight_blocks():  # the weights hold still for the rollout: blocked copies for decode
+                outputs = self.llm.generate(prompts, params, use_tqdm=False)
         finally:
             self.policy.train(was_training)
         groups = []

@@ -26,60 +26,6 @@ typedef struct { const float *p; int64_t sb, sh, st; } view;  /* p + b * sb + h 
 static inline const float *row(view v, int64_t b, int64_t h, int64_t t) { return v.p + b * v.sb + h * v.sh + t * v.st; }
 static inline int64_t ceil16(int64_t n) { return (n + VL - 1) / VL * VL; }
 
-/* c[r][0:NV*VL] (+)= sum_k a(r, k) * b[k][0:NV*VL], r < R; a(r, k) = a[r * ar + k * ak]; b row k at b + k * ldb.
- * R x NV accumulators (at most 24: AVX-512 has 32 vector registers) */
-static inline __attribute__((always_inline)) void mk(const int R, const int NV, const float *a, int64_t ar,
-                                                    int64_t ak, const float *b, int64_t ldb, int64_t K, float *c,
-                                                    int64_t ldc, int add) {
-    vf acc[24];
-    for (int r = 0; r < R; r++)
-        for (int v = 0; v < NV; v++) acc[NV * r + v] = add ? *(const vf_u *)(c + r * ldc + v * VL) : (vf){0};
-    for (int64_t k = 0; k < K; k++) {
-        vf bv[4];
-        for (int v = 0; v < NV; v++) bv[v] = *(const vf_u *)(b + k * ldb + v * VL);
-        for (int r = 0; r < R; r++) {
-            const float s = a[r * ar + k * ak];
-            for (int v = 0; v < NV; v++) acc[NV * r + v] += s * bv[v];
-        }
-    }
-    for (int r = 0; r < R; r++)
-        for (int v = 0; v < NV; v++) *(vf_u *)(c + r * ldc + v * VL) = acc[NV * r + v];
-}
-
-/* rows per micro-block for NV vectors of columns: each k step loads NV vectors and R scalars for R * NV FMAs */
-static inline int rows_for(int nv) { return nv <= 2 ? 8 : nv == 3 ? 6 : 4; }
-
-/* c [M, N] (+)= a [M, K] b [K, N], N a multiple of VL; a(r, k) = a[r * ar + k * ak], b rows ldb apart, c rows ldc
- * apart. Column blocks of 64 outer, so a block of b stays in L1 while the rows pass over it. */
-static void gemm(int64_t M, int64_t N, int64_t K, const float *a, int64_t ar, int64_t ak, const float *b,
-                 int64_t ldb, float *c, int64_t ldc, int add) {
-    if (M <= 0 || N <= 0) return;
-    if (K <= 0) {
-        if (!add)
-            for (int64_t r = 0; r < M; r++) memset(c + r * ldc, 0, N * sizeof(float));
-        return;
-    }
-    for (int64_t n0 = 0; n0 < N; n0 += 4 * VL) {
-        const int nv = (N - n0) / VL < 4 ? (int)((N - n0) / VL) : 4, rmax = rows_for(nv);
-        for (int64_t r0 = 0; r0 < M; r0 += rmax) {
-            const int R = M - r0 < rmax ? (int)(M - r0) : rmax;
-            const float *ap = a + r0 * ar;
-            const float *bp = b + n0;
-            float *cp = c + r0 * ldc + n0;
-            switch (R * 8 + nv) {
-#define MK_CASE(RR, NN) case RR * 8 + NN: mk(RR, NN, ap, ar, ak, bp, ldb, K, cp, ldc, add); break;
-                MK_CASE(1, 1) MK_CASE(2, 1) MK_CASE(3, 1) MK_CASE(4, 1)
-                MK_CASE(5, 1) MK_CASE(6, 1) MK_CASE(7, 1) MK_CASE(8, 1)
-                MK_CASE(1, 2) MK_CASE(2, 2) MK_CASE(3, 2) MK_CASE(4, 2)
-                MK_CASE(5, 2) MK_CASE(6, 2) MK_CASE(7, 2) MK_CASE(8, 2)
-                MK_CASE(1, 3) MK_CASE(2, 3) MK_CASE(3, 3) MK_CASE(4, 3) MK_CASE(5, 3) MK_CASE(6, 3)
-                MK_CASE(1, 4) MK_CASE(2, 4) MK_CASE(3, 4) MK_CASE(4, 4)
-#undef MK_CASE
-            }
-        }
-    }
-}
-
 /* One segment of a (batch, head) item: m queries at tokens t0.., keys = n1 prompt keys (columns [0, n1) of the
  * transposed buffers; n1 = P for a completion, 0 for the prompt) then the segment's own keys (columns n1..). */
 typedef struct {
