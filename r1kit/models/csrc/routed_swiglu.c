@@ -19,12 +19,14 @@
 
 /* The work of one call: the (token, slot) pairs sorted by expert (a stable counting sort) and cut into work items of
  * at most TILE rows of one expert, each item (first sorted row, rows). */
-typedef struct { int64_t *count, *order, *items, n_items; } plan;
+typedef struct { int64_t *count, *order, *items, n_items; int tile; } plan;
 
 static void plan_free(plan *p) { free(p->count); free(p->order); free(p->items); }
 
-/* 0, or -1 when an expert id is out of range or memory runs out (nothing to free then) */
+/* 0, or -1 when an expert id is out of range or memory runs out (nothing to free then). tile is clamped to
+ * [1, MAX_TILE] into p->tile. */
 static int plan_make(plan *p, const int64_t *idx, int64_t m, int64_t e, int tile) {
+    tile = p->tile = tile < 1 ? 1 : tile > MAX_TILE ? MAX_TILE : tile;
     p->count = calloc(e + 1, sizeof(int64_t));
     p->order = malloc((m > 0 ? m : 1) * sizeof(int64_t));
     p->items = malloc((m + e) * 2 * sizeof(int64_t));
@@ -71,10 +73,10 @@ static inline __attribute__((always_inline)) int routed_swiglu(const int wbf16, 
                                                               float *out, float *work, int64_t n, int64_t k,
                                                               int64_t e, int64_t d, int64_t i, int tile,
                                                               int threads) {
-    const int TILE = tile < 1 ? 1 : tile > MAX_TILE ? MAX_TILE : tile;
     plan p;
-    if (plan_make(&p, idx, n * k, e, TILE)) return -1;
+    if (plan_make(&p, idx, n * k, e, tile)) return -1;
     const int64_t *order = p.order, *items = p.items;
+    const int TILE = p.tile;
     int failed = 0;
     #pragma omp parallel num_threads(threads)
     {
@@ -137,10 +139,10 @@ int routed_swiglu_bf16w(const float *x, const int64_t *idx, const float *w, cons
 int routed_swiglu_blocked_f32(const float *x, const int64_t *idx, const float *w, const float *gate_up_b,
                               const float *down_b, float *out, float *work, int64_t n, int64_t k, int64_t e,
                               int64_t d, int64_t i, int tile, int threads) {
-    const int TILE = tile < 1 ? 1 : tile > MAX_TILE ? MAX_TILE : tile;
     plan p;
-    if (plan_make(&p, idx, n * k, e, TILE)) return -1;
+    if (plan_make(&p, idx, n * k, e, tile)) return -1;
     const int64_t *order = p.order, *items = p.items;
+    const int TILE = p.tile;
     int failed = 0;
     #pragma omp parallel num_threads(threads)
     {
