@@ -61,18 +61,18 @@ def _routed_case(d, i, seed=0):
     return x, idx, w, 0.3 * torch.randn(e, 2 * i, d, generator=g), 0.3 * torch.randn(e, d, i, generator=g)
 
 
-# Inside an expert_weight_blocks() scope (a rollout) fp32 experts with 2I and D multiples of 32 run the blocked
+# Inside an weight_blocks() scope (a rollout) fp32 experts with 2I and D multiples of 32 run the blocked
 # kernel over transposed copies, made once and reused; the copies go when the scope closes.
 @pytest.mark.parametrize("threads", [1, 2])
 def test_native_routed_experts_over_blocked_weights_match_the_reference_inside_a_scope(lib, threads):
     x, idx, w, gate_up, down = _routed_case(64, 48)
     torch.set_num_threads(threads)
     try:
-        with native.expert_weight_blocks():
+        with native.weight_blocks():
             out = native.routed_swiglu(x, idx, w, gate_up, down)
             assert set(native._BLOCKS) == {id(gate_up), id(down)}  # the blocked kernel ran
             blocks = native._BLOCKS[id(gate_up)][1]
-            with native.expert_weight_blocks():                    # nested: the same copies
+            with native.weight_blocks():                    # nested: the same copies
                 again = native.routed_swiglu(x, idx, w, gate_up, down)
             assert native._BLOCKS[id(gate_up)][1] is blocks
     finally:
@@ -83,20 +83,51 @@ def test_native_routed_experts_over_blocked_weights_match_the_reference_inside_a
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-6 * float(ref.abs().max()))
 
 
-def test_expert_weight_blocks_see_new_weights_in_the_next_scope_and_stay_under_the_memory_cap(lib, monkeypatch):
+def test_weight_blocks_see_new_weights_in_the_next_scope_and_stay_under_the_memory_cap(lib, monkeypatch):
     x, idx, w, gate_up, down = _routed_case(32, 16, seed=3)
-    with native.expert_weight_blocks():
+    with native.weight_blocks():
         native.routed_swiglu(x, idx, w, gate_up, down)
     with torch.no_grad():
         gate_up.mul_(-0.5)  # an optimizer step between two rollouts
-    with native.expert_weight_blocks():
+    with native.weight_blocks():
         out = native.routed_swiglu(x, idx, w, gate_up, down)
     torch.testing.assert_close(out.double(), experts_reference(x, idx, w, gate_up, down), rtol=1e-5, atol=1e-6)
     monkeypatch.setattr(native, "_BLOCKS_MAX_BYTES", gate_up.numel() * 4)  # room for gate_up's copy, not down's
-    with native.expert_weight_blocks():
+    with native.weight_blocks():
         capped = native.routed_swiglu(x, idx, w, gate_up, down)
         assert list(native._BLOCKS) == [id(gate_up)]  # the unblocked kernel ran
     torch.testing.assert_close(capped, out, rtol=1e-5, atol=1e-6)
+
+
+# Inside a weight_blocks() scope, r1kit's Linear runs CPU fp32 products without autograd over a blocked copy of its
+# weight: output widths that are not multiples of the 32-column blocks (80: a partial block; 5: only one), more
+# rows than one 32-row work item, leading dims, a bias; with gradients it stays nn.Linear.
+@pytest.mark.parametrize("out_features, bias", [(80, True), (256, False), (5, False)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_linear_inside_weight_blocks_matches_float64_and_steps_aside_for_autograd(lib, out_features, bias, threads):
+    from r1kit.models.layers import Linear
+
+    g = torch.Generator().manual_seed(out_features)
+    lin = Linear(48, out_features, bias=bias)
+    with torch.no_grad():
+        for p in lin.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+    x = torch.randn(3, 25, 48, generator=g)  # 75 rows: three 32-row work items
+    ref = x.double() @ lin.weight.double().T + (lin.bias.double() if bias else 0)
+    torch.set_num_threads(threads)
+    try:
+        with native.weight_blocks():
+            with torch.no_grad():
+                out = lin(x)
+            assert list(native._BLOCKS) == [id(lin.weight)]
+            y = lin(x)  # the weight requires grad: the autograd path, and a gradient
+            assert y.grad_fn is not None
+    finally:
+        torch.set_num_threads(2)
+    assert out.shape == (3, 25, out_features) and out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(y.detach(), out, rtol=1e-5, atol=1e-5)
+    assert native.blocked_linear(x, lin.weight) is None  # no scope
 
 
 # Expert j gets j + 1 rows (1..9): every remainder of the kernel's 4-row blocks (a 2-row and a 1-row block, with

@@ -56,12 +56,15 @@ def test_engine_rollout_logprobs_equal_the_training_forward(tiny_checkpoint, mon
     path = tiny_checkpoint("deepseek_v3")
     tok, model = load_tokenizer(path), load_model(path, dtype=torch.float32)
     engine = EngineRollout(model, tok, max_model_len=128, max_num_seqs=8)
-    blocked, real = [], native._expert_blocks
-    monkeypatch.setattr(native, "_expert_blocks", lambda *a: blocked.append(real(*a) is not None) or real(*a))
+    blocked, real_experts, real_linear = [], native._expert_blocks, native.blocked_linear
+    monkeypatch.setattr(native, "_expert_blocks", lambda *a: blocked.append(real_experts(*a) is not None)
+                        or real_experts(*a))
+    monkeypatch.setattr(native, "blocked_linear", lambda *a: blocked.append(real_linear(*a) is not None)
+                        or real_linear(*a))
     engine.wake()
     [group] = engine.generate([prompt_ids(tok, EXAMPLES[0], 64)], EXAMPLES[:1], [0], 4, [7], 12, 0.7, 1.0)
     engine.release_memory()
-    if native.load() is not None:  # the rollout decoded over blocked expert weights, dropped after it
+    if native.load() is not None:  # the rollout decoded over blocked weights (experts, linears), dropped after it
         assert blocked and all(blocked) and native._BLOCKS is None
     batch = pack_groups(group, 4, tok.pad_token_id, torch.device("cpu"))
     mask, old = batch.mask, batch.old_logprobs

@@ -24,7 +24,7 @@ from torch import nn
 from r1kit.models.attention import Padding, SharedPrefix
 from r1kit.models.context import AttentionContext, KVCacheSpec
 from r1kit.models.hf_config import HFConfig
-from r1kit.models.layers import RMSNorm, RotaryEmbedding
+from r1kit.models.layers import Linear, RMSNorm, RotaryEmbedding
 
 
 def padding_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -63,7 +63,7 @@ class CausalLM(nn.Module):
         super().__init__()
         self.config = config
         self.model = Backbone(config, layers)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
         self.tie_weights()
         self.rotary = RotaryEmbedding(rope_dim, config.rope_parameters, config.max_position_embeddings)
 

@@ -35,7 +35,7 @@ from r1kit.models.causal_lm import CausalLM
 from r1kit.models.context import AttentionContext
 from r1kit.models.grouped_experts import routed_swiglu
 from r1kit.models.hf_config import HFConfig
-from r1kit.models.layers import RMSNorm, SwiGLU, apply_rope, yarn_mscale
+from r1kit.models.layers import Linear, RMSNorm, SwiGLU, apply_rope, yarn_mscale
 
 
 @dataclass
@@ -90,15 +90,15 @@ class MLAttention(nn.Module):
         self.rank, self.interleave = cfg.kv_lora_rank, cfg.rope_interleave
         qk = self.nope + self.rope
         if cfg.q_lora_rank is None:
-            self.q_proj = nn.Linear(cfg.hidden_size, self.h * qk, bias=False)
+            self.q_proj = Linear(cfg.hidden_size, self.h * qk, bias=False)
         else:
-            self.q_a_proj = nn.Linear(cfg.hidden_size, cfg.q_lora_rank, bias=cfg.attention_bias)
+            self.q_a_proj = Linear(cfg.hidden_size, cfg.q_lora_rank, bias=cfg.attention_bias)
             self.q_a_layernorm = RMSNorm(cfg.q_lora_rank)
-            self.q_b_proj = nn.Linear(cfg.q_lora_rank, self.h * qk, bias=False)
-        self.kv_a_proj_with_mqa = nn.Linear(cfg.hidden_size, self.rank + self.rope, bias=cfg.attention_bias)
+            self.q_b_proj = Linear(cfg.q_lora_rank, self.h * qk, bias=False)
+        self.kv_a_proj_with_mqa = Linear(cfg.hidden_size, self.rank + self.rope, bias=cfg.attention_bias)
         self.kv_a_layernorm = RMSNorm(self.rank)
-        self.kv_b_proj = nn.Linear(self.rank, self.h * (self.nope + self.v), bias=False)
-        self.o_proj = nn.Linear(self.h * self.v, cfg.hidden_size, bias=cfg.attention_bias)
+        self.kv_b_proj = Linear(self.rank, self.h * (self.nope + self.v), bias=False)
+        self.o_proj = Linear(self.h * self.v, cfg.hidden_size, bias=cfg.attention_bias)
         self.scale = qk ** -0.5
         rp = cfg.rope_parameters
         if rp["rope_type"] != "default" and rp.get("mscale_all_dim"):

@@ -18,7 +18,7 @@ Three formulations:
 - native (CPU, fp32, no gradients, a few rows per expert: decode): the C kernel of csrc/routed_swiglu.c
   (r1kit/models/native.py builds it on first use), which spreads (expert, row tile) items over the threads instead
   of forking and joining for each tiny matmul: 1.3-2.8x faster than the two below at decode sizes on a 2-core CPU;
-  inside native.expert_weight_blocks() (GRPO rollouts) it reads transposed, column-blocked copies, ~2x faster again.
+  inside native.weight_blocks() (GRPO rollouts) it reads transposed, column-blocked copies, ~2x faster again.
   Used when it is available and the experts average at most NATIVE_MAX_ROWS_PER_EXPERT rows.
 - padded (decode-sized batches without gradients): with a handful of rows per expert a per-expert matmul costs
   more in call and threading overhead than in FLOPs, so the rows are copied into [E, cap, D] (cap = the most rows

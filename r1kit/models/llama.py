@@ -17,7 +17,7 @@ from r1kit.models.attention import Padding, SharedPrefix, attend
 from r1kit.models.causal_lm import CausalLM
 from r1kit.models.context import AttentionContext
 from r1kit.models.hf_config import HFConfig
-from r1kit.models.layers import RMSNorm, SwiGLU, apply_rope
+from r1kit.models.layers import Linear, RMSNorm, SwiGLU, apply_rope
 
 
 @dataclass
@@ -85,8 +85,8 @@ class GQAttention(nn.Module):
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
         self.hq, self.hkv, self.d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        self.qkv_proj = nn.Linear(cfg.hidden_size, (self.hq + 2 * self.hkv) * self.d, bias=cfg.qkv_bias)
-        self.o_proj = nn.Linear(self.hq * self.d, cfg.hidden_size, bias=cfg.o_bias)
+        self.qkv_proj = Linear(cfg.hidden_size, (self.hq + 2 * self.hkv) * self.d, bias=cfg.qkv_bias)
+        self.o_proj = Linear(self.hq * self.d, cfg.hidden_size, bias=cfg.o_bias)
         if cfg.qk_norm:
             self.q_norm = RMSNorm(self.d, eps=cfg.rms_norm_eps)
             self.k_norm = RMSNorm(self.d, eps=cfg.rms_norm_eps)
