@@ -4,7 +4,8 @@ In a decode step of B sequences the MoE layers see N = B tokens, i.e. N*K/E rows
 of the small preset: 64 experts, top-8). On CPU r1kit runs its C kernel (`r1kit/models/csrc/routed_swiglu.c`,
 "r1kit"); "r1kit torch" is the PyTorch path used without it (rows padded into [E, cap, D], one bmm per projection,
 when few rows per expert; else per-expert matmuls); "r1kit grouped" forces the per-expert-mm formulation (the one
-used for training). transformers runs its default experts implementation on
+used for training); "r1kit blocked" is the C kernel over column-blocked weight copies, as in a GRPO rollout
+(native.weight_blocks(); the copies are made before timing). transformers runs its default experts implementation on
 the same weights (the saved r1kit model) and the same routing. All MoE layers of the model are timed in turn, the
 implementations alternate, inference mode, median of the repeats.
 
@@ -48,6 +49,18 @@ def _with_tile(tile: int):
     return run
 
 
+_ROLLOUT_BLOCKS: dict = {}  # the blocked copies of a weight_blocks() scope, kept for the whole benchmark
+
+
+def _blocked(moe, hf_experts, x, idx, w):
+    """the C kernel over column-blocked copies, as inside native.weight_blocks() (a GRPO rollout)"""
+    saved, native._BLOCKS = native._BLOCKS, _ROLLOUT_BLOCKS
+    try:
+        return native.routed_swiglu(x, idx, w, moe.experts.gate_up, moe.experts.down)
+    finally:
+        native._BLOCKS = saved
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="small")
@@ -72,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         "r1kit grouped": lambda moe, hf_experts, x, idx, w: _torch(x, idx, w, moe.experts.gate_up, moe.experts.down,
                                                                    padded_max_rows=0),
         "transformers": lambda moe, hf_experts, x, idx, w: hf_experts(x, idx, w),
+        "r1kit blocked": _blocked,
     }
     for tile in args.tiles:
         impls[f"r1kit tile {tile}"] = _with_tile(tile)
@@ -99,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {n:5d} tokens (most rows on one expert: {cap:3d}): " +
                   "  ".join(f"{k} {v:6.2f}" for k, v in ms.items()) +
                   f"   torch/r1kit {ms['r1kit torch'] / ms['r1kit']:.2f}x, "
-                  f"transformers/r1kit {ms['transformers'] / ms['r1kit']:.2f}x   max |diff| {diff:.1e}")
+                  f"transformers/r1kit {ms['transformers'] / ms['r1kit']:.2f}x, "
+                  f"r1kit/blocked {ms['r1kit'] / ms['r1kit blocked']:.2f}x   max |diff| {diff:.1e}")
     return 0
 
 
