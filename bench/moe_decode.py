@@ -49,16 +49,16 @@ def _with_tile(tile: int):
     return run
 
 
-_ROLLOUT_BLOCKS: dict = {}  # the blocked copies of a weight_blocks() scope, kept for the whole benchmark
+_ROLLOUT_BLOCKS = native._Blocks()  # the blocked copies of a weight_blocks() scope, kept for the whole benchmark
 
 
 def _blocked(moe, hf_experts, x, idx, w):
     """the C kernel over column-blocked copies, as inside native.weight_blocks() (a GRPO rollout)"""
-    saved, native._BLOCKS = native._BLOCKS, _ROLLOUT_BLOCKS
+    saved, native._SCOPE.blocks = native._scope(), _ROLLOUT_BLOCKS
     try:
         return native.routed_swiglu(x, idx, w, moe.experts.gate_up, moe.experts.down)
     finally:
-        native._BLOCKS = saved
+        native._SCOPE.blocks = saved
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -61,7 +61,7 @@ def _routed_case(d, i, seed=0):
     return x, idx, w, 0.3 * torch.randn(e, 2 * i, d, generator=g), 0.3 * torch.randn(e, d, i, generator=g)
 
 
-# Inside an weight_blocks() scope (a rollout) fp32 experts with 2I and D multiples of 32 run the blocked
+# Inside a weight_blocks() scope (a rollout) fp32 experts with 2I and D multiples of 32 run the blocked
 # kernel over transposed copies, made once and reused; the copies go when the scope closes.
 @pytest.mark.parametrize("threads", [1, 2])
 def test_native_routed_experts_over_blocked_weights_match_the_reference_inside_a_scope(lib, threads):
@@ -70,14 +70,14 @@ def test_native_routed_experts_over_blocked_weights_match_the_reference_inside_a
     try:
         with native.weight_blocks():
             out = native.routed_swiglu(x, idx, w, gate_up, down)
-            assert set(native._BLOCKS) == {id(gate_up), id(down)}  # the blocked kernel ran
-            blocks = native._BLOCKS[id(gate_up)][1]
+            assert set(native._scope().copies) == {id(gate_up), id(down)}  # the blocked kernel ran
+            blocks = native._scope().copies[id(gate_up)][1]
             with native.weight_blocks():                    # nested: the same copies
                 again = native.routed_swiglu(x, idx, w, gate_up, down)
-            assert native._BLOCKS[id(gate_up)][1] is blocks
+            assert native._scope().copies[id(gate_up)][1] is blocks
     finally:
         torch.set_num_threads(2)
-    assert native._BLOCKS is None
+    assert native._scope() is None
     assert torch.equal(out, again)
     ref = experts_reference(x, idx, w, gate_up, down)  # fp32 rounding of sums of 48-64 products, serial per lane
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-6 * float(ref.abs().max()))
@@ -95,7 +95,7 @@ def test_weight_blocks_see_new_weights_in_the_next_scope_and_stay_under_the_memo
     monkeypatch.setattr(native, "_BLOCKS_MAX_BYTES", gate_up.numel() * 4)  # room for gate_up's copy, not down's
     with native.weight_blocks():
         capped = native.routed_swiglu(x, idx, w, gate_up, down)
-        assert list(native._BLOCKS) == [id(gate_up)]  # the unblocked kernel ran
+        assert native._scope().copies == {}  # no copy: the unblocked kernel ran
     torch.testing.assert_close(capped, out, rtol=1e-5, atol=1e-6)
 
 
@@ -119,7 +119,7 @@ def test_linear_inside_weight_blocks_matches_float64_and_steps_aside_for_autogra
         with native.weight_blocks():
             with torch.no_grad():
                 out = lin(x)
-            assert list(native._BLOCKS) == [id(lin.weight)]
+            assert list(native._scope().copies) == [id(lin.weight)]
             y = lin(x)  # the weight requires grad: the autograd path, and a gradient
             assert y.grad_fn is not None
     finally:
@@ -128,6 +128,23 @@ def test_linear_inside_weight_blocks_matches_float64_and_steps_aside_for_autogra
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(y.detach(), out, rtol=1e-5, atol=1e-5)
     assert native.blocked_linear(x, lin.weight) is None  # no scope
+
+
+def test_a_weight_blocks_scope_belongs_to_its_thread_and_autocast_keeps_torch(lib):
+    import threading
+
+    from r1kit.models.layers import Linear
+
+    lin, x = Linear(32, 32), torch.randn(4, 32)
+    seen = []
+    with native.weight_blocks(), torch.no_grad():
+        worker = threading.Thread(target=lambda: seen.append((native._scope(), native.blocked_linear(x, lin.weight))))
+        worker.start()
+        worker.join()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert lin(x).dtype == torch.bfloat16  # as F.linear under autocast
+        assert native._scope().copies == {}
+    assert seen == [(None, None)]  # another thread (an engine serving) never sees a rollout's scope
 
 
 # Expert j gets j + 1 rows (1..9): every remainder of the kernel's 4-row blocks (a 2-row and a 1-row block, with

@@ -65,7 +65,7 @@ def test_engine_rollout_logprobs_equal_the_training_forward(tiny_checkpoint, mon
     [group] = engine.generate([prompt_ids(tok, EXAMPLES[0], 64)], EXAMPLES[:1], [0], 4, [7], 12, 0.7, 1.0)
     engine.release_memory()
     if native.load() is not None:  # the rollout decoded over blocked weights (experts, linears), dropped after it
-        assert blocked and all(blocked) and native._BLOCKS is None
+        assert blocked and all(blocked) and native._scope() is None
     batch = pack_groups(group, 4, tok.pad_token_id, torch.device("cpu"))
     mask, old = batch.mask, batch.old_logprobs
     with torch.no_grad():

@@ -31,6 +31,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 
@@ -203,10 +204,23 @@ def routed_swiglu(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, gate_up: 
 
 
 # Column-blocked copies of fp32 weights for the decode kernels that stream them (csrc/routed_swiglu.c's blocked
-# experts, csrc/blocked_linear.c), made on first use inside a `weight_blocks()` scope and dropped when it closes:
-# {id(weight): (weight, blocks)}; None outside a scope.
-_BLOCKS: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
+# experts, csrc/blocked_linear.c), made on first use inside a `weight_blocks()` scope and dropped when it closes.
+# A scope belongs to its thread: an engine serving in another thread of the process never sees it.
 _BLOCKS_MAX_BYTES = 2 << 30  # beyond this (a large model on CPU), the scope keeps the unblocked kernels
+_SCOPE = threading.local()
+
+
+class _Blocks:
+    """The copies of one open scope: {id(weight): (weight, copy)} (holding weight keeps its id from being reused)."""
+
+    def __init__(self) -> None:
+        self.copies: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.nbytes = 0
+
+
+def _scope() -> _Blocks | None:
+    """This thread's open weight_blocks() scope, if any."""
+    return getattr(_SCOPE, "blocks", None)
 
 
 @contextlib.contextmanager
@@ -214,54 +228,66 @@ def weight_blocks():
     """A scope over which the model's weights do not change (a GRPO rollout). Inside it, the decode kernels keep a
     transposed, column-blocked copy of each fp32 weight they read (made on first use: one pass over the weights)
     and stream it front to back: the routed experts and the linears run ~2x faster at decode sizes. The copies are
-    dropped on exit. A weight changed inside the scope is not seen. Scopes nest; the outermost owns the copies."""
-    global _BLOCKS
-    if _BLOCKS is not None:
+    dropped on exit. A weight changed inside the scope (in place, or through .data) is not seen. Scopes nest (the
+    outermost owns the copies) and belong to the thread that opens them."""
+    if _scope() is not None:
         yield
         return
-    _BLOCKS = {}
+    _SCOPE.blocks = _Blocks()
     try:
         yield
     finally:
-        _BLOCKS = None
+        _SCOPE.blocks = None
 
 
-def _blocks_of(weight: torch.Tensor) -> torch.Tensor | None:
+def _blocked_bytes(weight: torch.Tensor) -> int:
+    o = weight.shape[-2]
+    return weight.numel() // max(o, 1) * (o + -o % 32) * 4
+
+
+def _blocks_of(scope: _Blocks, weight: torch.Tensor) -> torch.Tensor | None:
     """The column-blocked copy of weight [..., O, In] -> [..., ceil(O/32), In, 32] (block j: outputs 32j..32j+31,
-    input-major, the last zero-padded), cached in the open scope; None over the memory cap."""
-    hit = _BLOCKS.get(id(weight))
+    input-major, the last zero-padded), cached in the scope; None when it would pass the memory cap."""
+    hit = scope.copies.get(id(weight))
     if hit is not None and hit[0] is weight:
         return hit[1]
-    if (sum(b.numel() for _, b in _BLOCKS.values()) + weight.numel()) * 4 > _BLOCKS_MAX_BYTES:
+    if scope.nbytes + _blocked_bytes(weight) > _BLOCKS_MAX_BYTES:
         return None
     *lead, o, i = weight.shape
     w = weight.detach()
     if o % 32:
         w = torch.cat([w, w.new_zeros(*lead, 32 - o % 32, i)], dim=-2)
     blocks = w.view(*lead, -1, 32, i).transpose(-1, -2).contiguous()
-    _BLOCKS[id(weight)] = (weight, blocks)  # holding weight keeps its id from being reused while the scope is open
+    scope.copies[id(weight)] = (weight, blocks)
+    scope.nbytes += blocks.numel() * 4
     return blocks
 
 
 def _expert_blocks(gate_up: torch.Tensor, down: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The blocked copies of gate_up [E, 2I, D] and down [E, D, I] inside a weight_blocks() scope, else None (also
-    for shapes the blocked kernel does not take: 2I and D multiples of 32, fp32 weights)."""
-    if (_BLOCKS is None or gate_up.shape[1] % 32 or gate_up.shape[2] % 32 or gate_up.dtype != torch.float32
+    for shapes the blocked kernel does not take: 2I and D multiples of 32, fp32 weights; and over the cap)."""
+    scope = _scope()
+    if (scope is None or gate_up.shape[1] % 32 or gate_up.shape[2] % 32 or gate_up.dtype != torch.float32
             or down.dtype != torch.float32):
         return None
-    gu, dn = _blocks_of(gate_up), _blocks_of(down)
+    missing = sum(_blocked_bytes(t) for t in (gate_up, down) if id(t) not in scope.copies)
+    if scope.nbytes + missing > _BLOCKS_MAX_BYTES:
+        return None  # neither copy: one alone is of no use
+    gu, dn = _blocks_of(scope, gate_up), _blocks_of(scope, down)
     return None if gu is None or dn is None else (gu, dn)
 
 
 def blocked_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
     """F.linear(x, weight) (no bias) inside a weight_blocks() scope, through csrc/blocked_linear.c over the weight's
     blocked copy: CPU fp32, no autograd. None outside a scope or for inputs it does not take."""
-    if _BLOCKS is None or weight.dim() != 2 or x.shape[-1] != weight.shape[1] or x.numel() == 0:
+    scope = _scope()
+    if scope is None or weight.dim() != 2 or x.shape[-1] != weight.shape[1] or x.numel() == 0:
         return None
     lib = _usable(x, weight)
-    if lib is None or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)):
+    if (lib is None or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+            or torch.is_autocast_enabled("cpu")):
         return None
-    wb = _blocks_of(weight)
+    wb = _blocks_of(scope, weight)
     if wb is None:
         return None
     (n, k), rows = weight.shape, x.reshape(-1, weight.shape[1]).contiguous()
