@@ -5,7 +5,7 @@ of the small preset: 64 experts, top-8). On CPU r1kit runs its C kernel (`r1kit/
 "r1kit"); "r1kit torch" is the PyTorch path used without it (rows padded into [E, cap, D], one bmm per projection,
 when few rows per expert; else per-expert matmuls); "r1kit grouped" forces the per-expert-mm formulation (the one
 used for training); "r1kit blocked" is the C kernel over column-blocked weight copies, as in a GRPO rollout
-(native.weight_blocks(); the copies are made before timing). transformers runs its default experts implementation on
+(weight_blocks.scope(); the copies are made before timing). transformers runs its default experts implementation on
 the same weights (the saved r1kit model) and the same routing. All MoE layers of the model are timed in turn, the
 implementations alternate, inference mode, median of the repeats.
 
@@ -22,7 +22,7 @@ import time
 import torch
 
 import r1kit.models.grouped_experts as ge
-from r1kit.models import native
+from r1kit.models import native, weight_blocks
 from r1kit.models.checkpoint import save_model
 from r1kit.models.random_checkpoint import preset_config
 from r1kit.models.registry import build_model
@@ -49,16 +49,17 @@ def _with_tile(tile: int):
     return run
 
 
-_ROLLOUT_BLOCKS = native._Blocks()  # the blocked copies of a weight_blocks() scope, kept for the whole benchmark
+_ROLLOUT_BLOCKS = weight_blocks._Blocks()  # the blocked copies of a weight_blocks scope, kept for the whole benchmark
 
 
 def _blocked(moe, hf_experts, x, idx, w):
-    """the C kernel over column-blocked copies, as inside native.weight_blocks() (a GRPO rollout)"""
-    saved, native._SCOPE.blocks = native._scope(), _ROLLOUT_BLOCKS
+    """the C kernel over column-blocked copies, as inside weight_blocks.scope() (a GRPO rollout)"""
+    saved, weight_blocks._SCOPE.blocks = weight_blocks.current(), _ROLLOUT_BLOCKS
     try:
-        return native.routed_swiglu(x, idx, w, moe.experts.gate_up, moe.experts.down)
+        gate_up, down = moe.experts.gate_up, moe.experts.down
+        return native.routed_swiglu(x, idx, w, gate_up, down, weight_blocks.expert_blocks(gate_up, down))
     finally:
-        native._SCOPE.blocks = saved
+        weight_blocks._SCOPE.blocks = saved
 
 
 def main(argv: list[str] | None = None) -> int:

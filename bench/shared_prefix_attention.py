@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from r1kit.models import native
+from r1kit.models import attention, native
 from r1kit.models.attention import SharedPrefix
 
 
@@ -43,15 +43,15 @@ def main() -> None:
     q, k = (torch.randn(B, L, H, d, generator=g).transpose(1, 2).requires_grad_() for _ in range(2))
     v = torch.randn(B, L, H, dv, generator=g).transpose(1, 2).requires_grad_()
     go = torch.randn(B, H, L, dv, generator=g)
-    kernel = native.shared_prefix_attention
+    kernel = attention.native_shared_prefix_attention
 
     def run(use_kernel: bool, backward: bool):
-        native.shared_prefix_attention = kernel if use_kernel else (lambda *args: None)
+        attention.native_shared_prefix_attention = kernel if use_kernel else (lambda *args: None)
         try:
             out = layout.attend(q, k, v, d ** -0.5)
             grads = torch.autograd.grad(out, (q, k, v), go) if backward else ()
         finally:
-            native.shared_prefix_attention = kernel
+            attention.native_shared_prefix_attention = kernel
         return out.detach(), grads
 
     (o1, g1), (o2, g2) = run(False, True), run(True, True)

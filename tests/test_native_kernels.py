@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from r1kit.models import native
+from r1kit.models import attention, native, weight_blocks
+from r1kit.models.grouped_experts import routed_swiglu
 
 
 @pytest.fixture
@@ -61,23 +62,24 @@ def _routed_case(d, i, seed=0):
     return x, idx, w, 0.3 * torch.randn(e, 2 * i, d, generator=g), 0.3 * torch.randn(e, d, i, generator=g)
 
 
-# Inside a weight_blocks() scope (a rollout) fp32 experts with 2I and D multiples of 32 run the blocked
-# kernel over transposed copies, made once and reused; the copies go when the scope closes.
+# Inside a weight_blocks.scope() (a rollout) fp32 experts with 2I and D multiples of 32 run the blocked C kernel
+# (through grouped_experts.routed_swiglu) over transposed copies, made once and reused; the copies go when the scope
+# closes.
 @pytest.mark.parametrize("threads", [1, 2])
 def test_native_routed_experts_over_blocked_weights_match_the_reference_inside_a_scope(lib, threads):
     x, idx, w, gate_up, down = _routed_case(64, 48)
     torch.set_num_threads(threads)
     try:
-        with native.weight_blocks():
-            out = native.routed_swiglu(x, idx, w, gate_up, down)
-            assert set(native._scope().copies) == {id(gate_up), id(down)}  # the blocked kernel ran
-            blocks = native._scope().copies[id(gate_up)][1]
-            with native.weight_blocks():                    # nested: the same copies
-                again = native.routed_swiglu(x, idx, w, gate_up, down)
-            assert native._scope().copies[id(gate_up)][1] is blocks
+        with weight_blocks.scope():
+            out = routed_swiglu(x, idx, w, gate_up, down)
+            assert set(weight_blocks.current().copies) == {id(gate_up), id(down)}  # the blocked kernel ran
+            blocks = weight_blocks.current().copies[id(gate_up)][1]
+            with weight_blocks.scope():                    # nested: the same copies
+                again = routed_swiglu(x, idx, w, gate_up, down)
+            assert weight_blocks.current().copies[id(gate_up)][1] is blocks
     finally:
         torch.set_num_threads(2)
-    assert native._scope() is None
+    assert weight_blocks.current() is None
     assert torch.equal(out, again)
     ref = experts_reference(x, idx, w, gate_up, down)  # fp32 rounding of sums of 48-64 products, serial per lane
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-6 * float(ref.abs().max()))
@@ -85,21 +87,21 @@ def test_native_routed_experts_over_blocked_weights_match_the_reference_inside_a
 
 def test_weight_blocks_see_new_weights_in_the_next_scope_and_stay_under_the_memory_cap(lib, monkeypatch):
     x, idx, w, gate_up, down = _routed_case(32, 16, seed=3)
-    with native.weight_blocks():
-        native.routed_swiglu(x, idx, w, gate_up, down)
+    with weight_blocks.scope():
+        routed_swiglu(x, idx, w, gate_up, down)
     with torch.no_grad():
         gate_up.mul_(-0.5)  # an optimizer step between two rollouts
-    with native.weight_blocks():
-        out = native.routed_swiglu(x, idx, w, gate_up, down)
+    with weight_blocks.scope():
+        out = routed_swiglu(x, idx, w, gate_up, down)
     torch.testing.assert_close(out.double(), experts_reference(x, idx, w, gate_up, down), rtol=1e-5, atol=1e-6)
-    monkeypatch.setattr(native, "_BLOCKS_MAX_BYTES", gate_up.numel() * 4)  # room for gate_up's copy, not down's
-    with native.weight_blocks():
-        capped = native.routed_swiglu(x, idx, w, gate_up, down)
-        assert native._scope().copies == {}  # no copy: the unblocked kernel ran
+    monkeypatch.setattr(weight_blocks, "MAX_BYTES", gate_up.numel() * 4)  # room for gate_up's copy, not down's
+    with weight_blocks.scope():
+        capped = routed_swiglu(x, idx, w, gate_up, down)
+        assert weight_blocks.current().copies == {}  # no copy: the unblocked kernel ran
     torch.testing.assert_close(capped, out, rtol=1e-5, atol=1e-6)
 
 
-# Inside a weight_blocks() scope, r1kit's Linear runs CPU fp32 products without autograd over a blocked copy of its
+# Inside a weight_blocks.scope(), r1kit's Linear runs CPU fp32 products without autograd over a blocked copy of its
 # weight: output widths that are not multiples of the 32-column blocks (80: a partial block; 5: only one), more
 # rows than one 32-row work item, leading dims, a bias; with gradients it stays nn.Linear.
 @pytest.mark.parametrize("out_features, bias", [(80, True), (256, False), (5, False)])
@@ -116,10 +118,10 @@ def test_linear_inside_weight_blocks_matches_float64_and_steps_aside_for_autogra
     ref = x.double() @ lin.weight.double().T + (lin.bias.double() if bias else 0)
     torch.set_num_threads(threads)
     try:
-        with native.weight_blocks():
+        with weight_blocks.scope():
             with torch.no_grad():
                 out = lin(x)
-            assert list(native._scope().copies) == [id(lin.weight)]
+            assert list(weight_blocks.current().copies) == [id(lin.weight)]
             y = lin(x)  # the weight requires grad: the autograd path, and a gradient
             assert y.grad_fn is not None
     finally:
@@ -127,7 +129,7 @@ def test_linear_inside_weight_blocks_matches_float64_and_steps_aside_for_autogra
     assert out.shape == (3, 25, out_features) and out.dtype == torch.float32
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(y.detach(), out, rtol=1e-5, atol=1e-5)
-    assert native.blocked_linear(x, lin.weight) is None  # no scope
+    assert weight_blocks.linear(x, lin.weight) is None  # no scope
 
 
 def test_a_weight_blocks_scope_belongs_to_its_thread_and_autocast_keeps_torch(lib):
@@ -137,13 +139,13 @@ def test_a_weight_blocks_scope_belongs_to_its_thread_and_autocast_keeps_torch(li
 
     lin, x = Linear(32, 32), torch.randn(4, 32)
     seen = []
-    with native.weight_blocks(), torch.no_grad():
-        worker = threading.Thread(target=lambda: seen.append((native._scope(), native.blocked_linear(x, lin.weight))))
+    with weight_blocks.scope(), torch.no_grad():
+        worker = threading.Thread(target=lambda: seen.append((weight_blocks.current(), weight_blocks.linear(x, lin.weight))))
         worker.start()
         worker.join()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert lin(x).dtype == torch.bfloat16  # as F.linear under autocast
-        assert native._scope().copies == {}
+        assert weight_blocks.current().copies == {}
     assert seen == [(None, None)]  # another thread (an engine serving) never sees a rollout's scope
 
 
@@ -669,7 +671,7 @@ def test_native_shared_prefix_attention_and_its_gradients_match_separate_sequenc
     go = torch.randn(B, H, L, dv, generator=g)
     torch.set_num_threads(threads)
     try:
-        out = native.shared_prefix_attention(q, k, v, valid, (P, G, C), d ** -0.5)
+        out = attention.native_shared_prefix_attention(q, k, v, valid, (P, G, C), d ** -0.5)
         grads = torch.autograd.grad(out, (q, k, wide), go)
     finally:
         torch.set_num_threads(2)
@@ -693,20 +695,20 @@ def test_shared_prefix_rows_attend_through_the_native_kernel_on_cpu(lib, monkeyp
     q, k = (torch.randn(2, H, P + G * C, d, generator=g, requires_grad=True) for _ in range(2))
     v = torch.randn(2, H, P + G * C, dv, generator=g, requires_grad=True)
     calls = []
-    real = native.shared_prefix_attention
-    monkeypatch.setattr(native, "shared_prefix_attention", lambda *a: calls.append(1) or real(*a))
+    real = attention.native_shared_prefix_attention
+    monkeypatch.setattr(attention, "native_shared_prefix_attention", lambda *a: calls.append(1) or real(*a))
     got = layout.attend(q, k, v, 0.3)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 autocast: the same fp32 kernel on upcast inputs
         got_autocast = layout.attend(q.bfloat16(), k.bfloat16(), v.bfloat16(), 0.3)
     assert len(calls) == 2 and got_autocast.dtype == torch.float32
-    monkeypatch.setattr(native, "shared_prefix_attention", lambda *a: None)  # torch's SDPA path
+    monkeypatch.setattr(attention, "native_shared_prefix_attention", lambda *a: None)  # torch's SDPA path
     want = layout.attend(q, k, v, 0.3)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         want_autocast = layout.attend(q.bfloat16(), k.bfloat16(), v.bfloat16(), 0.3)
     assert torch.allclose(got, want, atol=1e-5)
     assert torch.allclose(got_autocast, want_autocast, atol=1e-5)
     go = torch.randn(got.shape, generator=g)
-    monkeypatch.setattr(native, "shared_prefix_attention", real)
+    monkeypatch.setattr(attention, "native_shared_prefix_attention", real)
     for a, b in zip(torch.autograd.grad(got, (q, k, v), go), torch.autograd.grad(want, (q, k, v), go)):
         assert torch.allclose(a, b, atol=1e-5)
     (gq,) = torch.autograd.grad(layout.attend(q, k, v, 0.3).pow(2).sum(), q, create_graph=True)
@@ -717,13 +719,13 @@ def test_shared_prefix_rows_attend_through_the_native_kernel_on_cpu(lib, monkeyp
 def test_native_shared_prefix_attention_declines_what_it_does_not_handle(lib):
     valid = torch.ones(1, 2, dtype=torch.uint8)
     q = torch.randn(1, 2, 8, 32)
-    assert native.shared_prefix_attention(q, q, q, valid, (2, 2, 3), 1.0) is not None
-    assert native.shared_prefix_attention(q[..., :24], q[..., :24], q[..., :24], valid, (2, 2, 3), 1.0) is None
-    assert native.shared_prefix_attention(q, q[:, :1], q[:, :1], valid, (2, 2, 3), 1.0) is None  # fewer kv heads
-    assert native.shared_prefix_attention(q, q, q, valid, (2, 2, 2), 1.0) is None  # L != P + G * C
-    assert native.shared_prefix_attention(q.double(), q.double(), q.double(), valid, (2, 2, 3), 1.0) is None
-    assert native.shared_prefix_attention(q, q, q, valid.bool(), (2, 2, 3), 1.0) is None
-    assert native.shared_prefix_attention(q.transpose(-1, -2)[..., :8, :], q, q, valid, (2, 2, 3), 1.0) is None
-    assert native.shared_prefix_attention(q, q, q[..., 0, :], valid, (2, 2, 3), 1.0) is None  # 3-D v
+    assert attention.native_shared_prefix_attention(q, q, q, valid, (2, 2, 3), 1.0) is not None
+    assert attention.native_shared_prefix_attention(q[..., :24], q[..., :24], q[..., :24], valid, (2, 2, 3), 1.0) is None
+    assert attention.native_shared_prefix_attention(q, q[:, :1], q[:, :1], valid, (2, 2, 3), 1.0) is None  # fewer kv heads
+    assert attention.native_shared_prefix_attention(q, q, q, valid, (2, 2, 2), 1.0) is None  # L != P + G * C
+    assert attention.native_shared_prefix_attention(q.double(), q.double(), q.double(), valid, (2, 2, 3), 1.0) is None
+    assert attention.native_shared_prefix_attention(q, q, q, valid.bool(), (2, 2, 3), 1.0) is None
+    assert attention.native_shared_prefix_attention(q.transpose(-1, -2)[..., :8, :], q, q, valid, (2, 2, 3), 1.0) is None
+    assert attention.native_shared_prefix_attention(q, q, q[..., 0, :], valid, (2, 2, 3), 1.0) is None  # 3-D v
     big = torch.ones(1, 20, dtype=torch.uint8)
-    assert native.shared_prefix_attention(q, q, q, big, (20, 1, -12), 1.0) is None  # P + G*C = L, but C < 0
+    assert attention.native_shared_prefix_attention(q, q, q, big, (20, 1, -12), 1.0) is None  # P + G*C = L, but C < 0

@@ -47,7 +47,7 @@ def test_mean_reward_rises_on_a_toy_task(tiny_checkpoint, tmp_path):
 
 
 def test_engine_rollout_logprobs_equal_the_training_forward(tiny_checkpoint, monkeypatch):
-    from r1kit.models import native
+    from r1kit.models import native, weight_blocks
     from r1kit.models.checkpoint import load_model
     from r1kit.tokenizer import load_tokenizer
     from r1kit.train.rollout import EngineRollout
@@ -56,16 +56,16 @@ def test_engine_rollout_logprobs_equal_the_training_forward(tiny_checkpoint, mon
     path = tiny_checkpoint("deepseek_v3")
     tok, model = load_tokenizer(path), load_model(path, dtype=torch.float32)
     engine = EngineRollout(model, tok, max_model_len=128, max_num_seqs=8)
-    blocked, real_experts, real_linear = [], native._expert_blocks, native.blocked_linear
-    monkeypatch.setattr(native, "_expert_blocks", lambda *a: blocked.append(real_experts(*a) is not None)
+    blocked, real_experts, real_linear = [], weight_blocks.expert_blocks, weight_blocks.linear
+    monkeypatch.setattr(weight_blocks, "expert_blocks", lambda *a: blocked.append(real_experts(*a) is not None)
                         or real_experts(*a))
-    monkeypatch.setattr(native, "blocked_linear", lambda *a: blocked.append(real_linear(*a) is not None)
+    monkeypatch.setattr(weight_blocks, "linear", lambda *a: blocked.append(real_linear(*a) is not None)
                         or real_linear(*a))
     engine.wake()
     [group] = engine.generate([prompt_ids(tok, EXAMPLES[0], 64)], EXAMPLES[:1], [0], 4, [7], 12, 0.7, 1.0)
     engine.release_memory()
     if native.load() is not None:  # the rollout decoded over blocked weights (experts, linears), dropped after it
-        assert blocked and all(blocked) and native._scope() is None
+        assert blocked and all(blocked) and weight_blocks.current() is None
     batch = pack_groups(group, 4, tok.pad_token_id, torch.device("cpu"))
     mask, old = batch.mask, batch.old_logprobs
     with torch.no_grad():

@@ -20,15 +20,17 @@ itself, never to completion j. Positions are passed explicitly (a completion sta
 logits and gradients equal those of the unpacked batch up to float rounding; the prompt's gradient collects the
 contributions of all G completions. For GRPO's prompts of ~85 tokens and completions of ~128, this removes a third
 of the tokens of the training forward and backward. On CPU in fp32 the attention itself runs in one C kernel
-(native.shared_prefix_attention) that reads the row as it is; elsewhere it is two SDPA calls, the completions'
+(native_shared_prefix_attention below) that reads the row as it is; elsewhere it is two SDPA calls, the completions'
 keys being the prompt's repeated G times next to each completion's own.
 """
 from __future__ import annotations
 
+import ctypes
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from r1kit.models import native
 
@@ -78,7 +80,7 @@ class SharedPrefix:
         if q.device.type == "cpu":
             if torch.is_autocast_enabled("cpu"):
                 q, k, v = q.float(), k.float(), v.float()
-            out = native.shared_prefix_attention(q, k, v, self.prefix_valid_u8, (P, G, C), scale)
+            out = native_shared_prefix_attention(q, k, v, self.prefix_valid_u8, (P, G, C), scale)
             if out is not None:
                 return out
         ng = q.shape[0]
@@ -118,3 +120,61 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kw) -> torch.Tens
         with torch.autocast("cpu", enabled=False):
             return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), **kw)[..., :dv]
     return F.scaled_dot_product_attention(q, k, v, **kw)[..., :dv]
+
+
+# -- the native kernel (csrc/shared_prefix_attention.c) -----------------------------------------------------------
+
+def _bht(t: torch.Tensor):
+    """(batch, head, token) strides of a [B, H, L, d] tensor, for csrc/shared_prefix_attention.c"""
+    return (ctypes.c_int64 * 3)(*t.stride()[:3])
+
+
+class _SharedPrefixAttention(torch.autograd.Function):
+    """Differentiable shared-prefix attention through sp_attention_fwd / sp_attention_bwd. The output and the
+    gradients are [B, L, H, d] tensors seen as [B, H, L, d], the layout the projections around attention use."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, valid, shape, scale, lib):
+        (b, h, length, d), dv, (p, g, c) = q.shape, v.shape[-1], shape
+        out, lse = q.new_empty(b, length, h, dv).transpose(1, 2), q.new_empty(b, h, length)
+        if lib.sp_attention_fwd(q.data_ptr(), k.data_ptr(), v.data_ptr(), valid.data_ptr(), out.data_ptr(),
+                                lse.data_ptr(), b, h, p, g, c, d, dv, _bht(q), _bht(k), _bht(v), _bht(out), scale,
+                                torch.get_num_threads()):
+            raise MemoryError("native shared-prefix attention: out of memory")
+        ctx.save_for_backward(q, k, v, valid, out, lse)
+        ctx.shape, ctx.scale, ctx.lib = shape, scale, lib
+        return out
+
+    @staticmethod
+    @once_differentiable  # the C backward builds no graph: a double backward raises instead of being wrong
+    def backward(ctx, go):
+        q, k, v, valid, out, lse = ctx.saved_tensors
+        (b, h, length, d), dv, (p, g, c) = q.shape, v.shape[-1], ctx.shape
+        go = go if go.stride(-1) == 1 else go.contiguous()
+        dq, dk = (q.new_empty(b, length, h, d).transpose(1, 2) for _ in range(2))
+        d_v = q.new_empty(b, length, h, dv).transpose(1, 2)
+        if ctx.lib.sp_attention_bwd(q.data_ptr(), k.data_ptr(), v.data_ptr(), valid.data_ptr(), out.data_ptr(),
+                                    lse.data_ptr(), go.data_ptr(), dq.data_ptr(), dk.data_ptr(), d_v.data_ptr(), b, h,
+                                    p, g, c, d, dv, _bht(q), _bht(k), _bht(v), _bht(out), _bht(go), _bht(dq),
+                                    _bht(dk), _bht(d_v), ctx.scale, torch.get_num_threads()):
+            raise MemoryError("native shared-prefix attention: out of memory")
+        return dq, dk, d_v, None, None, None, None
+
+
+def native_shared_prefix_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor,
+                            shape: tuple[int, int, int], scale: float) -> torch.Tensor | None:
+    """Differentiable attention over shared-prefix rows (csrc/shared_prefix_attention.c; layout and masks:
+    attention.SharedPrefix): q/k [B, H, L, d], v [B, H, L, dv] (any strides with a contiguous last dim), valid
+    [B, P] uint8, shape (P, G, C) -> [B, H, L, dv]. None when the kernel cannot take them (not CPU fp32, head dims
+    not multiples of 16, k/v with other head counts than q). Each thread holds the scores of one prompt or completion,
+    max(P, C) x (P + C) floats (twice in the backward): flash attention's memory is O(block), but at these sizes the
+    SDPA path's explicit mask is larger. MemoryError when that cannot be allocated."""
+    lib = native._usable(q, k, v)
+    p, g, c = shape
+    if (lib is None or q.dim() != 4 or v.dim() != 4 or k.shape != q.shape or v.shape[:3] != q.shape[:3]
+            or min(p, g, c) < 0 or q.shape[2] != p + g * c or q.shape[-1] < 16 or v.shape[-1] < 16
+            or q.shape[-1] % 16 or v.shape[-1] % 16 or any(t.stride(-1) != 1 for t in (q, k, v))
+            or valid.dtype != torch.uint8 or valid.device.type != "cpu" or not valid.is_contiguous()
+            or valid.shape != (q.shape[0], p)):
+        return None
+    return _SharedPrefixAttention.apply(q, k, v, valid, shape, scale, lib)

@@ -18,7 +18,7 @@ Three formulations:
 - native (CPU, fp32, no gradients, a few rows per expert: decode): the C kernel of csrc/routed_swiglu.c
   (r1kit/models/native.py builds it on first use), which spreads (expert, row tile) items over the threads instead
   of forking and joining for each tiny matmul: 1.3-2.8x faster than the two below at decode sizes on a 2-core CPU;
-  inside native.weight_blocks() (GRPO rollouts) it reads transposed, column-blocked copies, ~2x faster again.
+  in GRPO rollouts it reads column-blocked copies of the weights (r1kit/models/weight_blocks.py), ~2x faster again.
   Used when it is available and the experts average at most NATIVE_MAX_ROWS_PER_EXPERT rows.
 - padded (decode-sized batches without gradients): with a handful of rows per expert a per-expert matmul costs
   more in call and threading overhead than in FLOPs, so the rows are copied into [E, cap, D] (cap = the most rows
@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from r1kit.models import native
+from r1kit.models import native, weight_blocks
 
 # The C kernel runs (without gradients, on CPU) while the experts average at most this many rows: beyond that,
 # MKL's matmuls on an expert's contiguous rows use its weights better. Measured on a 2-core CPU against the torch
@@ -240,7 +240,7 @@ def routed_swiglu(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, gate_up: 
     w = w.to(x.dtype)
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, w, gate_up, down))
     if not grad and x.device.type == "cpu" and n * k <= NATIVE_MAX_ROWS_PER_EXPERT * gate_up.shape[0]:
-        out = native.routed_swiglu(x, idx, w, gate_up, down)
+        out = native.routed_swiglu(x, idx, w, gate_up, down, weight_blocks.expert_blocks(gate_up, down))
         if out is not None:
             return out
     flat = idx.flatten()

@@ -1,15 +1,14 @@
 """Native CPU kernels: C sources in r1kit/models/csrc, compiled on first use with the system C compiler.
 
 Some CPU work is all call overhead or copies when written as torch ops: a decode step's routed experts are ~60 tiny
-matmuls per MoE layer (csrc/routed_swiglu.c; inside a `weight_blocks()` scope, such as a GRPO rollout, over
-transposed, column-blocked copies of the weights, which stream at twice the speed; also the decode linears,
-csrc/blocked_linear.c), and paged decode attention gathers every row's context into a padded
+matmuls per MoE layer (csrc/routed_swiglu.c; in GRPO rollouts over column-blocked copies of the weights, which
+stream at twice the speed, as do the decode linears of csrc/blocked_linear.c: r1kit/models/weight_blocks.py), and paged decode attention gathers every row's context into a padded
 copy before attending (csrc/paged_decode.c, for MLA and GQA caches; shared vector code in csrc/dots.h), and the
 per-token small ops of a decode step are chains of tiny torch calls (RMSNorm, rope, DeepSeek-V3's expert selection:
 csrc/decode_small_ops.c; RMSNorm also has a differentiable version for training, `rms_norm_train`), and the routed
 experts' training sorts, gathers and sums rows around its matmuls (csrc/moe_train.c), and GRPO's shared-prefix
 rows need attention with a mask torch's CPU flash kernel can only take as an explicit tensor over copied keys
-(csrc/shared_prefix_attention.c, forward and backward). Those few kernels are plain C
+(csrc/shared_prefix_attention.c, forward and backward; its autograd wrapper lives in attention.py). Those few kernels are plain C
 (no torch headers: a build takes a few seconds), compiled together for this machine (-march=native) into one shared
 library cached under $R1KIT_CACHE_DIR/kernels (default ~/.cache/r1kit/kernels), keyed by a hash of the source, the
 compiler, the flags and the CPU, and called through ctypes on the tensors' memory. They compute in fp32; the weights
@@ -22,7 +21,6 @@ training glue at the end: `expert_order` decides whether it runs, and the four a
 """
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import functools
 import hashlib
@@ -31,7 +29,6 @@ import platform
 import shutil
 import subprocess
 import tempfile
-import threading
 import warnings
 from pathlib import Path
 
@@ -168,11 +165,12 @@ def _usable(*tensors: torch.Tensor) -> ctypes.CDLL | None:
 
 
 def routed_swiglu(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, gate_up: torch.Tensor,
-                  down: torch.Tensor) -> torch.Tensor | None:
+                  down: torch.Tensor, blocks: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor | None:
     """csrc/routed_swiglu.c (no autograd): the contract of grouped_experts.routed_swiglu, on CPU tensors, for fp32
     experts with fp32 x and w, or bf16 experts (a bf16 model) with x and w of either dtype. bf16 weights are widened
     to fp32 as they load: half the memory traffic, fp32 arithmetic; the output has x's dtype. None when the kernel
-    is unavailable or the inputs are not of that kind; the caller then uses its PyTorch path."""
+    is unavailable or the inputs are not of that kind; the caller then uses its PyTorch path. blocks: fp32 column-blocked copies of
+    (gate_up, down) from r1kit.models.weight_blocks, run by the blocked kernel."""
     half = (gate_up.dtype == down.dtype == torch.bfloat16 and x.dtype in (torch.float32, torch.bfloat16)
             and w.dtype in (torch.float32, torch.bfloat16))
     xf, wf = (x.float(), w.float()) if half else (x, w)  # the kernel's fp32 activations (no copy when fp32)
@@ -188,7 +186,7 @@ def routed_swiglu(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, gate_up: 
         return None  # the PyTorch path says what is wrong
     if n == 0 or k == 0:
         return x.new_zeros(n, d)
-    blocks = None if half else _expert_blocks(gate_up, down)
+    blocks = None if half else blocks
     xf, wf, gate_up, down = (t.contiguous() for t in (xf, wf, gate_up, down))
     idx = idx.to(torch.int64).contiguous()
     out, work = xf.new_empty(n, d), xf.new_empty(n * k, d)
@@ -203,97 +201,13 @@ def routed_swiglu(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, gate_up: 
     return out.to(x.dtype)
 
 
-# Column-blocked copies of fp32 weights for the decode kernels that stream them (csrc/routed_swiglu.c's blocked
-# experts, csrc/blocked_linear.c), made on first use inside a `weight_blocks()` scope and dropped when it closes.
-# A scope belongs to its thread: an engine serving in another thread of the process never sees it.
-_BLOCKS_MAX_BYTES = 2 << 30  # beyond this (a large model on CPU), the scope keeps the unblocked kernels
-_SCOPE = threading.local()
-
-
-class _Blocks:
-    """The copies of one open scope: {id(weight): (weight, copy)} (holding weight keeps its id from being reused)."""
-
-    def __init__(self) -> None:
-        self.copies: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.nbytes = 0
-
-
-def _scope() -> _Blocks | None:
-    """This thread's open weight_blocks() scope, if any."""
-    return getattr(_SCOPE, "blocks", None)
-
-
-@contextlib.contextmanager
-def weight_blocks():
-    """A scope over which the model's weights do not change (a GRPO rollout). Inside it, the decode kernels keep a
-    transposed, column-blocked copy of each fp32 weight they read (made on first use: one pass over the weights)
-    and stream it front to back: the routed experts and the linears run ~2x faster at decode sizes. The copies are
-    dropped on exit. A weight changed inside the scope (in place, or through .data) is not seen. Scopes nest (the
-    outermost owns the copies) and belong to the thread that opens them."""
-    if _scope() is not None:
-        yield
-        return
-    _SCOPE.blocks = _Blocks()
-    try:
-        yield
-    finally:
-        _SCOPE.blocks = None
-
-
-def _blocked_bytes(weight: torch.Tensor) -> int:
-    o = weight.shape[-2]
-    return weight.numel() // max(o, 1) * (o + -o % 32) * 4
-
-
-def _blocks_of(scope: _Blocks, weight: torch.Tensor) -> torch.Tensor | None:
-    """The column-blocked copy of weight [..., O, In] -> [..., ceil(O/32), In, 32] (block j: outputs 32j..32j+31,
-    input-major, the last zero-padded), cached in the scope; None when it would pass the memory cap."""
-    hit = scope.copies.get(id(weight))
-    if hit is not None and hit[0] is weight:
-        return hit[1]
-    if scope.nbytes + _blocked_bytes(weight) > _BLOCKS_MAX_BYTES:
-        return None
-    *lead, o, i = weight.shape
-    w = weight.detach()
-    if o % 32:
-        w = torch.cat([w, w.new_zeros(*lead, 32 - o % 32, i)], dim=-2)
-    blocks = w.view(*lead, -1, 32, i).transpose(-1, -2).contiguous()
-    scope.copies[id(weight)] = (weight, blocks)
-    scope.nbytes += blocks.numel() * 4
-    return blocks
-
-
-def _expert_blocks(gate_up: torch.Tensor, down: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The blocked copies of gate_up [E, 2I, D] and down [E, D, I] inside a weight_blocks() scope, else None (also
-    for shapes the blocked kernel does not take: 2I and D multiples of 32, fp32 weights; and over the cap)."""
-    scope = _scope()
-    if (scope is None or gate_up.shape[1] % 32 or gate_up.shape[2] % 32 or gate_up.dtype != torch.float32
-            or down.dtype != torch.float32):
-        return None
-    missing = sum(_blocked_bytes(t) for t in (gate_up, down) if id(t) not in scope.copies)
-    if scope.nbytes + missing > _BLOCKS_MAX_BYTES:
-        return None  # neither copy: one alone is of no use
-    gu, dn = _blocks_of(scope, gate_up), _blocks_of(scope, down)
-    return None if gu is None or dn is None else (gu, dn)
-
-
-def blocked_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
-    """F.linear(x, weight) (no bias) inside a weight_blocks() scope, through csrc/blocked_linear.c over the weight's
-    blocked copy: CPU fp32, no autograd. None outside a scope or for inputs it does not take."""
-    scope = _scope()
-    if scope is None or weight.dim() != 2 or x.shape[-1] != weight.shape[1] or x.numel() == 0:
-        return None
-    lib = _usable(x, weight)
-    if (lib is None or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
-            or torch.is_autocast_enabled("cpu")):
-        return None
-    wb = _blocks_of(scope, weight)
-    if wb is None:
-        return None
-    (n, k), rows = weight.shape, x.reshape(-1, weight.shape[1]).contiguous()
+def linear_over_blocks(x: torch.Tensor, blocks: torch.Tensor, n: int) -> torch.Tensor:
+    """csrc/blocked_linear.c: x [..., K] (CPU fp32) @ W^T -> [..., n], W [n, K] given as its column-blocked copy
+    blocks [ceil(n/32), K, 32] (r1kit.models.weight_blocks checks the inputs and makes the copy)."""
+    rows = x.reshape(-1, x.shape[-1]).contiguous()
     out = rows.new_empty(rows.shape[0], n)
-    lib.linear_blocked_f32(rows.data_ptr(), wb.data_ptr(), out.data_ptr(), rows.shape[0], n, k,
-                           torch.get_num_threads())
+    load().linear_blocked_f32(rows.data_ptr(), blocks.data_ptr(), out.data_ptr(), rows.shape[0], n, rows.shape[1],
+                              torch.get_num_threads())
     return out.view(*x.shape[:-1], n)
 
 
@@ -393,62 +307,6 @@ class _RMSNormFunction(torch.autograd.Function):
         ctx.lib.rms_norm_bwd_f32(rows.data_ptr(), weight.data_ptr(), rstd.data_ptr(), g.data_ptr(), dx.data_ptr(),
                                  dw.data_ptr(), work.data_ptr(), n, d, ctx.stride, threads)
         return dx.view(ctx.x_shape), dw, None, None, None, None
-
-
-def _bht(t: torch.Tensor):
-    """(batch, head, token) strides of a [B, H, L, d] tensor, for csrc/shared_prefix_attention.c"""
-    return (ctypes.c_int64 * 3)(*t.stride()[:3])
-
-
-class _SharedPrefixAttention(torch.autograd.Function):
-    """Differentiable shared-prefix attention through sp_attention_fwd / sp_attention_bwd. The output and the
-    gradients are [B, L, H, d] tensors seen as [B, H, L, d], the layout the projections around attention use."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, valid, shape, scale, lib):
-        (b, h, length, d), dv, (p, g, c) = q.shape, v.shape[-1], shape
-        out, lse = q.new_empty(b, length, h, dv).transpose(1, 2), q.new_empty(b, h, length)
-        if lib.sp_attention_fwd(q.data_ptr(), k.data_ptr(), v.data_ptr(), valid.data_ptr(), out.data_ptr(),
-                                lse.data_ptr(), b, h, p, g, c, d, dv, _bht(q), _bht(k), _bht(v), _bht(out), scale,
-                                torch.get_num_threads()):
-            raise MemoryError("native shared-prefix attention: out of memory")
-        ctx.save_for_backward(q, k, v, valid, out, lse)
-        ctx.shape, ctx.scale, ctx.lib = shape, scale, lib
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, go):
-        q, k, v, valid, out, lse = ctx.saved_tensors
-        (b, h, length, d), dv, (p, g, c) = q.shape, v.shape[-1], ctx.shape
-        go = go if go.stride(-1) == 1 else go.contiguous()
-        dq, dk = (q.new_empty(b, length, h, d).transpose(1, 2) for _ in range(2))
-        d_v = q.new_empty(b, length, h, dv).transpose(1, 2)
-        if ctx.lib.sp_attention_bwd(q.data_ptr(), k.data_ptr(), v.data_ptr(), valid.data_ptr(), out.data_ptr(),
-                                    lse.data_ptr(), go.data_ptr(), dq.data_ptr(), dk.data_ptr(), d_v.data_ptr(), b, h,
-                                    p, g, c, d, dv, _bht(q), _bht(k), _bht(v), _bht(out), _bht(go), _bht(dq),
-                                    _bht(dk), _bht(d_v), ctx.scale, torch.get_num_threads()):
-            raise MemoryError("native shared-prefix attention: out of memory")
-        return dq, dk, d_v, None, None, None, None
-
-
-def shared_prefix_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor,
-                            shape: tuple[int, int, int], scale: float) -> torch.Tensor | None:
-    """Differentiable attention over shared-prefix rows (csrc/shared_prefix_attention.c; layout and masks:
-    attention.SharedPrefix): q/k [B, H, L, d], v [B, H, L, dv] (any strides with a contiguous last dim), valid
-    [B, P] uint8, shape (P, G, C) -> [B, H, L, dv]. None when the kernel cannot take them (not CPU fp32, head dims
-    not multiples of 16, k/v with other head counts than q). Each thread holds the scores of one prompt or completion,
-    max(P, C) x (P + C) floats (twice in the backward): flash attention's memory is O(block), but at these sizes the
-    SDPA path's explicit mask is larger. MemoryError when that cannot be allocated."""
-    lib = _usable(q, k, v)
-    p, g, c = shape
-    if (lib is None or q.dim() != 4 or v.dim() != 4 or k.shape != q.shape or v.shape[:3] != q.shape[:3]
-            or min(p, g, c) < 0 or q.shape[2] != p + g * c or q.shape[-1] < 16 or v.shape[-1] < 16
-            or q.shape[-1] % 16 or v.shape[-1] % 16 or any(t.stride(-1) != 1 for t in (q, k, v))
-            or valid.dtype != torch.uint8 or valid.device.type != "cpu" or not valid.is_contiguous()
-            or valid.shape != (q.shape[0], p)):
-        return None
-    return _SharedPrefixAttention.apply(q, k, v, valid, shape, scale, lib)
 
 
 def rms_norm_train(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor | None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from r1kit.models import native
+from r1kit.models import weight_blocks
 
 
 @dataclass
@@ -60,7 +60,7 @@ class EngineRollout:
         was_training = self.policy.training
         self.policy.eval()                       # no MoE load counting / dropout during rollouts
         try:
-            with native.weight_blocks():  # the weights hold still for the rollout: blocked copies for decode
+            with weight_blocks.scope():  # the weights hold still for the rollout: blocked copies for decode
                 outputs = self.llm.generate(prompts, params, use_tqdm=False)
         finally:
             self.policy.train(was_training)

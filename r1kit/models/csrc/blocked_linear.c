@@ -5,7 +5,7 @@
  * cache have pushed the layer's weights out of cache (its [out, in] weight is walked against the grain). A copy in
  * column blocks (wb [ceil(n/32), k, 32]: block j holds outputs 32j..32j+31, input-major, the last zero-padded) is
  * streamed front to back by dots.h's register-blocked gemm: 1.3-2.5x MKL at these sizes. The copy is made once per
- * rollout (native.weight_blocks). Work items are (column block, chunk of 32 rows), spread over the threads.
+ * rollout (r1kit/models/weight_blocks.py). Work items are (column block, chunk of 32 rows), spread over the threads.
  */
 #include "dots.h"
 

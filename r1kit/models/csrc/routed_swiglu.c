@@ -135,7 +135,7 @@ int routed_swiglu_bf16w(const float *x, const int64_t *idx, const float *w, cons
  * jb holds outputs 32 jb .. 32 jb + 31, input-major). An item gathers its tokens' rows and runs two register-blocked
  * products (dots.h's gemm) that stream each block front to back: no lane sums, and a layout the hardware prefetcher
  * follows. Half the time of routed_swiglu_f32 for 64 tokens on the small preset, seven layers' weights cycling; the
- * blocks are a transposed copy of the weights (native.weight_blocks). */
+ * blocks are a transposed copy of the weights (r1kit/models/weight_blocks.py). */
 int routed_swiglu_blocked_f32(const float *x, const int64_t *idx, const float *w, const float *gate_up_b,
                               const float *down_b, float *out, float *work, int64_t n, int64_t k, int64_t e,
                               int64_t d, int64_t i, int tile, int threads) {
