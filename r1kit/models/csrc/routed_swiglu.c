@@ -64,15 +64,24 @@ static inline void sum_slots(const float *work, float *out, int64_t n, int64_t k
     }
 }
 
+/* How the weights are stored: as trained ([out, in] rows, fp32 or bf16) or as column-blocked fp32 copies */
+enum { W_F32, W_BF16, W_BLOCKED };
+
 /* x [n, d], idx/w [n, k], gate_up [e, 2i, d], down [e, d, i] -> out [n, d]. work: float[n * k * d] scratch.
- * The weights are fp32, or bf16 when wbf16 (then read at half the memory traffic and widened to fp32 as they load;
- * activations and sums stay fp32). Returns 0, or -1 when an expert id is out of range or memory runs out (out is
- * then not written). */
-static inline __attribute__((always_inline)) int routed_swiglu(const int wbf16, const float *x, const int64_t *idx,
+ * W_F32 / W_BF16: the weights as trained, fp32 or bf16 (bf16 is read at half the memory traffic and widened to fp32
+ * as it loads; activations and sums stay fp32), each output a dot product along a weight row (dots_w).
+ * W_BLOCKED: fp32 copies in column blocks, gate_up [e, 2i/32, d, 32] and down [e, d/32, i, 32] (block jb holds
+ * outputs 32 jb .. 32 jb + 31, input-major): an item gathers its tokens' rows and runs two register-blocked products
+ * (dots.h's gemm) that stream each block front to back: no lane sums, and a layout the hardware prefetcher follows.
+ * Half the time of W_F32 for 64 tokens on the small preset, seven layers' weights cycling; the blocks are a
+ * transposed copy of the weights (r1kit/models/weight_blocks.py).
+ * Returns 0, or -1 when an expert id is out of range or memory runs out (out is then not written). */
+static inline __attribute__((always_inline)) int routed_swiglu(const int layout, const float *x, const int64_t *idx,
                                                               const float *w, const void *gate_up, const void *down,
                                                               float *out, float *work, int64_t n, int64_t k,
                                                               int64_t e, int64_t d, int64_t i, int tile,
                                                               int threads) {
+    const int wbf16 = layout == W_BF16, blocked = layout == W_BLOCKED;
     plan p;
     if (plan_make(&p, idx, n * k, e, tile)) return -1;
     const int64_t *order = p.order, *items = p.items;
@@ -81,13 +90,15 @@ static inline __attribute__((always_inline)) int routed_swiglu(const int wbf16, 
     #pragma omp parallel num_threads(threads)
     {
         float *h = malloc(TILE * 2 * i * sizeof(float)), *act = malloc(TILE * i * sizeof(float));
-        if (!h || !act) {
+        float *xb = blocked ? malloc(TILE * d * sizeof(float)) : NULL;  /* gathered rows, then the outputs */
+        const int ok = h && act && (xb || !blocked);
+        if (!ok) {
             #pragma omp atomic write
             failed = 1;
         }
         #pragma omp for schedule(dynamic, 1)
         for (int64_t it = 0; it < p.n_items; it++) {
-            if (!h || !act) continue;
+            if (!ok) continue;
             const int64_t s = items[2 * it];
             const int rows = (int)items[2 * it + 1];
             const int64_t ex = idx[order[s]];
@@ -99,7 +110,14 @@ static inline __attribute__((always_inline)) int routed_swiglu(const int wbf16, 
                 ar[r] = act + r * i;
                 yr[r] = work + order[s + r] * d;  /* the (token, slot) pair's own row: no two items share one */
             }
-            dots_w(wbf16, xr, rows, elem(wbf16, gate_up, ex * 2 * i * d), d, 2 * i, d, hr);  /* [rows, 2I] */
+            if (blocked) {  /* h [rows, 2I] */
+                for (int r = 0; r < rows; r++) memcpy(xb + r * d, xr[r], d * sizeof(float));
+                for (int64_t jb = 0; jb < 2 * i / 32; jb++)
+                    gemm(rows, 32, d, xb, d, 1, (const float *)gate_up + (ex * 2 * i + jb * 32) * d, 32, h + jb * 32,
+                         2 * i, 0);
+            } else {
+                dots_w(wbf16, xr, rows, elem(wbf16, gate_up, ex * 2 * i * d), d, 2 * i, d, hr);
+            }
             for (int r = 0; r < rows; r++) {
                 const float wr = w[order[s + r]];  /* routing weight, applied on the narrow side (I < D) */
                 for (int64_t c = 0; c < i; c++) {
@@ -107,10 +125,17 @@ static inline __attribute__((always_inline)) int routed_swiglu(const int wbf16, 
                     act[r * i + c] = g * sigmoid_f32(g) * hr[r][i + c] * wr;
                 }
             }
-            dots_w(wbf16, ar, rows, elem(wbf16, down, ex * d * i), i, d, i, yr);  /* [rows, D] */
+            if (blocked) {  /* [rows, D] into xb, then each row to its pair's row of work */
+                for (int64_t jb = 0; jb < d / 32; jb++)
+                    gemm(rows, 32, i, act, i, 1, (const float *)down + (ex * d + jb * 32) * i, 32, xb + jb * 32, d, 0);
+                for (int r = 0; r < rows; r++) memcpy(yr[r], xb + r * d, d * sizeof(float));
+            } else {
+                dots_w(wbf16, ar, rows, elem(wbf16, down, ex * d * i), i, d, i, yr);
+            }
         }
         free(h);
         free(act);
+        free(xb);
         sum_slots(work, out, n, k, d);
     }
     plan_free(&p);
@@ -121,61 +146,19 @@ static inline __attribute__((always_inline)) int routed_swiglu(const int wbf16, 
 int routed_swiglu_f32(const float *x, const int64_t *idx, const float *w, const float *gate_up, const float *down,
                       float *out, float *work, int64_t n, int64_t k, int64_t e, int64_t d, int64_t i, int tile,
                       int threads) {
-    return routed_swiglu(0, x, idx, w, gate_up, down, out, work, n, k, e, d, i, tile, threads);
+    return routed_swiglu(W_F32, x, idx, w, gate_up, down, out, work, n, k, e, d, i, tile, threads);
 }
 
 /* the same with bf16 weights (uint16 bit patterns): x, w, out and work stay fp32 */
 int routed_swiglu_bf16w(const float *x, const int64_t *idx, const float *w, const uint16_t *gate_up,
                         const uint16_t *down, float *out, float *work, int64_t n, int64_t k, int64_t e, int64_t d,
                         int64_t i, int tile, int threads) {
-    return routed_swiglu(1, x, idx, w, gate_up, down, out, work, n, k, e, d, i, tile, threads);
+    return routed_swiglu(W_BF16, x, idx, w, gate_up, down, out, work, n, k, e, d, i, tile, threads);
 }
 
-/* The same contract over fp32 weights in column blocks: gate_up_b [e, 2i/32, d, 32], down_b [e, d/32, i, 32] (block
- * jb holds outputs 32 jb .. 32 jb + 31, input-major). An item gathers its tokens' rows and runs two register-blocked
- * products (dots.h's gemm) that stream each block front to back: no lane sums, and a layout the hardware prefetcher
- * follows. Half the time of routed_swiglu_f32 for 64 tokens on the small preset, seven layers' weights cycling; the
- * blocks are a transposed copy of the weights (r1kit/models/weight_blocks.py). */
+/* the same over fp32 column-blocked copies gate_up_b [e, 2i/32, d, 32], down_b [e, d/32, i, 32] (see above) */
 int routed_swiglu_blocked_f32(const float *x, const int64_t *idx, const float *w, const float *gate_up_b,
                               const float *down_b, float *out, float *work, int64_t n, int64_t k, int64_t e,
                               int64_t d, int64_t i, int tile, int threads) {
-    plan p;
-    if (plan_make(&p, idx, n * k, e, tile)) return -1;
-    const int64_t *order = p.order, *items = p.items;
-    const int TILE = p.tile;
-    int failed = 0;
-    #pragma omp parallel num_threads(threads)
-    {
-        float *xb = malloc(TILE * d * sizeof(float)), *h = malloc(TILE * 2 * i * sizeof(float));
-        float *act = malloc(TILE * i * sizeof(float)), *y = malloc(TILE * d * sizeof(float));
-        const int ok = xb && h && act && y;
-        if (!ok) {
-            #pragma omp atomic write
-            failed = 1;
-        }
-        #pragma omp for schedule(dynamic, 1)
-        for (int64_t it = 0; it < p.n_items; it++) {
-            if (!ok) continue;
-            const int64_t s = items[2 * it];
-            const int rows = (int)items[2 * it + 1];
-            const int64_t ex = idx[order[s]];
-            for (int r = 0; r < rows; r++) memcpy(xb + r * d, x + (order[s + r] / k) * d, d * sizeof(float));
-            for (int64_t jb = 0; jb < 2 * i / 32; jb++)  /* h [rows, 2I] */
-                gemm(rows, 32, d, xb, d, 1, gate_up_b + (ex * 2 * i + jb * 32) * d, 32, h + jb * 32, 2 * i, 0);
-            for (int r = 0; r < rows; r++) {
-                const float wr = w[order[s + r]];
-                for (int64_t c = 0; c < i; c++) {
-                    const float g = h[r * 2 * i + c];
-                    act[r * i + c] = g * sigmoid_f32(g) * h[r * 2 * i + i + c] * wr;
-                }
-            }
-            for (int64_t jb = 0; jb < d / 32; jb++)  /* y [rows, D] */
-                gemm(rows, 32, i, act, i, 1, down_b + (ex * d + jb * 32) * i, 32, y + jb * 32, d, 0);
-            for (int r = 0; r < rows; r++) memcpy(work + order[s + r] * d, y + r * d, d * sizeof(float));
-        }
-        free(xb); free(h); free(act); free(y);
-        sum_slots(work, out, n, k, d);
-    }
-    plan_free(&p);
-    return failed ? -1 : 0;
+    return routed_swiglu(W_BLOCKED, x, idx, w, gate_up_b, down_b, out, work, n, k, e, d, i, tile, threads);
 }
