@@ -140,7 +140,8 @@ def test_a_weight_blocks_scope_belongs_to_its_thread_and_autocast_keeps_torch(li
     lin, x = Linear(32, 32), torch.randn(4, 32)
     seen = []
     with weight_blocks.scope(), torch.no_grad():
-        worker = threading.Thread(target=lambda: seen.append((weight_blocks.current(), weight_blocks.linear(x, lin.weight))))
+        worker = threading.Thread(
+            target=lambda: seen.append((weight_blocks.current(), weight_blocks.linear(x, lin.weight))))
         worker.start()
         worker.join()
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -717,15 +718,16 @@ def test_shared_prefix_rows_attend_through_the_native_kernel_on_cpu(lib, monkeyp
 
 
 def test_native_shared_prefix_attention_declines_what_it_does_not_handle(lib):
+    attend = attention.native_shared_prefix_attention
     valid = torch.ones(1, 2, dtype=torch.uint8)
     q = torch.randn(1, 2, 8, 32)
-    assert attention.native_shared_prefix_attention(q, q, q, valid, (2, 2, 3), 1.0) is not None
-    assert attention.native_shared_prefix_attention(q[..., :24], q[..., :24], q[..., :24], valid, (2, 2, 3), 1.0) is None
-    assert attention.native_shared_prefix_attention(q, q[:, :1], q[:, :1], valid, (2, 2, 3), 1.0) is None  # fewer kv heads
-    assert attention.native_shared_prefix_attention(q, q, q, valid, (2, 2, 2), 1.0) is None  # L != P + G * C
-    assert attention.native_shared_prefix_attention(q.double(), q.double(), q.double(), valid, (2, 2, 3), 1.0) is None
-    assert attention.native_shared_prefix_attention(q, q, q, valid.bool(), (2, 2, 3), 1.0) is None
-    assert attention.native_shared_prefix_attention(q.transpose(-1, -2)[..., :8, :], q, q, valid, (2, 2, 3), 1.0) is None
-    assert attention.native_shared_prefix_attention(q, q, q[..., 0, :], valid, (2, 2, 3), 1.0) is None  # 3-D v
+    assert attend(q, q, q, valid, (2, 2, 3), 1.0) is not None
+    assert attend(q[..., :24], q[..., :24], q[..., :24], valid, (2, 2, 3), 1.0) is None
+    assert attend(q, q[:, :1], q[:, :1], valid, (2, 2, 3), 1.0) is None  # fewer kv heads
+    assert attend(q, q, q, valid, (2, 2, 2), 1.0) is None  # L != P + G * C
+    assert attend(q.double(), q.double(), q.double(), valid, (2, 2, 3), 1.0) is None
+    assert attend(q, q, q, valid.bool(), (2, 2, 3), 1.0) is None
+    assert attend(q.transpose(-1, -2)[..., :8, :], q, q, valid, (2, 2, 3), 1.0) is None
+    assert attend(q, q, q[..., 0, :], valid, (2, 2, 3), 1.0) is None  # 3-D v
     big = torch.ones(1, 20, dtype=torch.uint8)
-    assert attention.native_shared_prefix_attention(q, q, q, big, (20, 1, -12), 1.0) is None  # P + G*C = L, but C < 0
+    assert attend(q, q, q, big, (20, 1, -12), 1.0) is None  # P + G*C = L, but C < 0

@@ -26,6 +26,7 @@ keys being the prompt's repeated G times next to each completion's own.
 from __future__ import annotations
 
 import ctypes
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -53,20 +54,31 @@ class SharedPrefix:
     token_mask: torch.Tensor | None = None  # [Ng, L] 1 on real tokens (MoE balance statistics skip padding)
 
     def __post_init__(self) -> None:
-        ng, p = self.prefix_valid.shape
-        if p != self.prefix_len:
-            raise ValueError(f"prefix_valid has {p} columns for prefix_len {self.prefix_len}")
-        dev = self.prefix_valid.device
-        valid = self.prefix_valid.bool()
-        eye = torch.eye(p, dtype=torch.bool, device=dev)
-        # pad queries see themselves only, so their (unused) rows stay finite
-        self.prefix_mask = (torch.ones(p, p, dtype=torch.bool, device=dev).tril() & valid[:, None, None, :]) | eye
-        c = self.completion_len
-        causal = torch.ones(c, c, dtype=torch.bool, device=dev).tril()
-        to_prompt = valid[:, None, :].expand(ng, c, p)                          # [Ng, C, P]
-        mask = torch.cat([to_prompt, causal.expand(ng, c, c)], dim=-1)          # [Ng, C, P + C]
-        self.completion_mask = mask.repeat_interleave(self.group_size, dim=0)[:, None]  # [Ng*G, 1, C, P + C]
-        self.prefix_valid_u8 = valid.to(torch.uint8).contiguous()  # for the native kernel
+        if self.prefix_valid.shape[1] != self.prefix_len:
+            raise ValueError(f"prefix_valid has {self.prefix_valid.shape[1]} columns for prefix_len {self.prefix_len}")
+
+    # The SDPA path's masks, built when it first runs (the native kernel needs neither)
+    @functools.cached_property
+    def prefix_mask(self) -> torch.Tensor:
+        """[Ng, 1, P, P] bool: a prompt query sees the valid prompt keys up to itself; a padding query sees only
+        itself, so its (unused) row stays finite."""
+        p, dev = self.prefix_len, self.prefix_valid.device
+        causal = torch.ones(p, p, dtype=torch.bool, device=dev).tril()
+        return (causal & self.prefix_valid.bool()[:, None, None, :]) | torch.eye(p, dtype=torch.bool, device=dev)
+
+    @functools.cached_property
+    def completion_mask(self) -> torch.Tensor:
+        """[Ng*G, 1, C, P + C] bool: a completion query sees every valid prompt key and its own keys up to itself."""
+        valid, c = self.prefix_valid.bool(), self.completion_len
+        ng, p = valid.shape
+        causal = torch.ones(c, c, dtype=torch.bool, device=valid.device).tril()
+        mask = torch.cat([valid[:, None, :].expand(ng, c, p), causal.expand(ng, c, c)], dim=-1)  # [Ng, C, P + C]
+        return mask.repeat_interleave(self.group_size, dim=0)[:, None]
+
+    @functools.cached_property
+    def prefix_valid_u8(self) -> torch.Tensor:
+        """[Ng, P] uint8, for the native kernel"""
+        return self.prefix_valid.to(torch.uint8).contiguous()
 
     @property
     def row_len(self) -> int:
@@ -162,7 +174,7 @@ class _SharedPrefixAttention(torch.autograd.Function):
 
 
 def native_shared_prefix_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor,
-                            shape: tuple[int, int, int], scale: float) -> torch.Tensor | None:
+                                   shape: tuple[int, int, int], scale: float) -> torch.Tensor | None:
     """Differentiable attention over shared-prefix rows (csrc/shared_prefix_attention.c; layout and masks:
     attention.SharedPrefix): q/k [B, H, L, d], v [B, H, L, dv] (any strides with a contiguous last dim), valid
     [B, P] uint8, shape (P, G, C) -> [B, H, L, dv]. None when the kernel cannot take them (not CPU fp32, head dims

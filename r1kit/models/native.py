@@ -2,21 +2,22 @@
 
 Some CPU work is all call overhead or copies when written as torch ops: a decode step's routed experts are ~60 tiny
 matmuls per MoE layer (csrc/routed_swiglu.c; in GRPO rollouts over column-blocked copies of the weights, which
-stream at twice the speed, as do the decode linears of csrc/blocked_linear.c: r1kit/models/weight_blocks.py), and paged decode attention gathers every row's context into a padded
-copy before attending (csrc/paged_decode.c, for MLA and GQA caches; shared vector code in csrc/dots.h), and the
-per-token small ops of a decode step are chains of tiny torch calls (RMSNorm, rope, DeepSeek-V3's expert selection:
-csrc/decode_small_ops.c; RMSNorm also has a differentiable version for training, `rms_norm_train`), and the routed
-experts' training sorts, gathers and sums rows around its matmuls (csrc/moe_train.c), and GRPO's shared-prefix
-rows need attention with a mask torch's CPU flash kernel can only take as an explicit tensor over copied keys
-(csrc/shared_prefix_attention.c, forward and backward; its autograd wrapper lives in attention.py). Those few kernels are plain C
-(no torch headers: a build takes a few seconds), compiled together for this machine (-march=native) into one shared
-library cached under $R1KIT_CACHE_DIR/kernels (default ~/.cache/r1kit/kernels), keyed by a hash of the source, the
-compiler, the flags and the CPU, and called through ctypes on the tensors' memory. They compute in fp32; the weights
-and KV cache they read may also be bf16 (a model loaded in bf16), widened to fp32 as they load, which halves the
-memory traffic of a decode step. Nothing depends on them: without a C compiler, with R1KIT_NATIVE=0, or when a build
-or load fails, `load` returns None (after one warning), and so do the wrappers below for inputs they do not handle
-(other devices or dtypes, mismatched shapes): callers then keep their PyTorch path. The exception is the experts'
-training glue at the end: `expert_order` decides whether it runs, and the four after it trust their caller
+stream at twice the speed, as do the decode linears of csrc/blocked_linear.c: r1kit/models/weight_blocks.py), and
+paged decode attention gathers every row's context into a padded copy before attending (csrc/paged_decode.c, for MLA
+and GQA caches; shared vector code in csrc/dots.h), and the per-token small ops of a decode step are chains of tiny
+torch calls (RMSNorm, rope, DeepSeek-V3's expert selection: csrc/decode_small_ops.c; RMSNorm also has a
+differentiable version for training, `rms_norm_train`), and the routed experts' training sorts, gathers and sums
+rows around its matmuls (csrc/moe_train.c), and GRPO's shared-prefix rows need attention with a mask torch's CPU
+flash kernel can only take as an explicit tensor over copied keys (csrc/shared_prefix_attention.c, forward and
+backward; its autograd wrapper lives in attention.py). Those few kernels are plain C (no torch headers: a build
+takes a few seconds), compiled together for this machine (-march=native) into one shared library cached under
+$R1KIT_CACHE_DIR/kernels (default ~/.cache/r1kit/kernels), keyed by a hash of the source, the compiler, the flags
+and the CPU, and called through ctypes on the tensors' memory. They compute in fp32; the weights and KV cache they
+read may also be bf16 (a model loaded in bf16), widened to fp32 as they load, which halves the memory traffic of a
+decode step. Nothing depends on them: without a C compiler, with R1KIT_NATIVE=0, or when a build or load fails,
+`load` returns None (after one warning), and so do the wrappers below for inputs they do not handle (other devices
+or dtypes, mismatched shapes): callers then keep their PyTorch path. The exception is the experts' training glue at
+the end: `expert_order` decides whether it runs, and the four after it trust their caller
 (grouped_experts._NativeGlue) for contiguous CPU fp32 inputs. The compiler is $CC, else cc.
 """
 from __future__ import annotations
@@ -169,8 +170,8 @@ def routed_swiglu(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, gate_up: 
     """csrc/routed_swiglu.c (no autograd): the contract of grouped_experts.routed_swiglu, on CPU tensors, for fp32
     experts with fp32 x and w, or bf16 experts (a bf16 model) with x and w of either dtype. bf16 weights are widened
     to fp32 as they load: half the memory traffic, fp32 arithmetic; the output has x's dtype. None when the kernel
-    is unavailable or the inputs are not of that kind; the caller then uses its PyTorch path. blocks: fp32 column-blocked copies of
-    (gate_up, down) from r1kit.models.weight_blocks, run by the blocked kernel."""
+    is unavailable or the inputs are not of that kind; the caller then uses its PyTorch path. blocks: fp32
+    column-blocked copies of (gate_up, down) from r1kit.models.weight_blocks, run by the blocked kernel."""
     half = (gate_up.dtype == down.dtype == torch.bfloat16 and x.dtype in (torch.float32, torch.bfloat16)
             and w.dtype in (torch.float32, torch.bfloat16))
     xf, wf = (x.float(), w.float()) if half else (x, w)  # the kernel's fp32 activations (no copy when fp32)

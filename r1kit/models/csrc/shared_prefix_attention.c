@@ -8,10 +8,11 @@
  * Why C: torch's CPU flash attention runs these shapes at ~20-50 GFLOP/s, must be given the completions' keys as
  * copies (the prompt's keys repeated G times) and an explicit mask, and computes the masked upper triangle of each
  * completion. Here each (batch, head) is one work item: the prompt's keys are transposed once into a thread buffer
- * and serve the prompt and all G completions, masked blocks are skipped, and the products are register-blocked
- * (up to 8 rows x 2 vectors, 6 x 3 or 4 x 4 accumulators of 16 floats, fed by one broadcast per row and one load
- * per vector), so each vector load serves 4-8 FMAs. The backward recomputes the probabilities from the saved log-sum-exp (as flash
- * attention does) and accumulates the prompt keys' gradients over all queries of the item in a thread buffer.
+ * and serve the prompt and all G completions, masked blocks are skipped, and the products are register-blocked (up
+ * to 8 rows x 2 vectors, 6 x 3 or 4 x 4 accumulators of 16 floats, fed by one broadcast per row and one load per
+ * vector), so each vector load serves 4-8 FMAs. The backward recomputes the probabilities from the saved
+ * log-sum-exp (as flash attention does) and accumulates the prompt keys' gradients over all queries of the item in
+ * a thread buffer.
  *
  * Tensors are addressed through (batch, head, token) strides in floats with a contiguous last dimension; the head
  * dims (d for q/k, dv for v) must be multiples of 16 (the Python side checks and otherwise uses torch).
@@ -135,7 +136,8 @@ int sp_attention_bwd(const float *q, const float *k, const float *v, const uint8
                      const int64_t *dks, const int64_t *dvs, float scale, int threads) {
     const view qv = {q, qs[0], qs[1], qs[2]}, kv = {k, ks[0], ks[1], ks[2]}, vv = {v, vs[0], vs[1], vs[2]};
     const view ov = {out, os[0], os[1], os[2]}, gv = {go, gos[0], gos[1], gos[2]};
-    const view dqv = {dq, dqs[0], dqs[1], dqs[2]}, dkv = {dk, dks[0], dks[1], dks[2]}, dvv = {dv_, dvs[0], dvs[1], dvs[2]};
+    const view dqv = {dq, dqs[0], dqs[1], dqs[2]}, dkv = {dk, dks[0], dks[1], dks[2]};
+    const view dvv = {dv_, dvs[0], dvs[1], dvs[2]};
     const int64_t L = P + G * C, npad = ceil16(P + C), mmax = P > C ? P : C;
     int failed = 0;
     #pragma omp parallel num_threads(threads)
