@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from r1kit.rewards.sandbox import SandboxLimits, run_python, run_tests, sandbox_mode
+from r1kit.rewards.sandbox import SandboxLimits, run_python, run_tests, sandbox_mode, test_program
 
 FAST = SandboxLimits(wall_s=4.0, cpu_s=3, memory_mb=512, max_procs=16)
 
@@ -188,3 +188,145 @@ def test_process_limit_is_per_sandbox_not_shared_between_concurrent_runs():
     score = run_tests(program, ["assert FORKED == 4"], roomy)
     bomb_thread.join()
     assert score == 1.0
+
+
+# --- isolation of /proc, memory, disk and the host's paths (issue 21) -----------------------------------------
+
+def _needs_ns():
+    if sandbox_mode() != "ns":
+        pytest.skip("namespaces are unavailable here (sandbox mode 'plain'): no private /proc, filesystem or network")
+
+
+def test_host_processes_command_lines_are_invisible():
+    _needs_ns()
+    secret = "sk-r1kit-test-" + os.urandom(6).hex()
+    host = subprocess.Popen(["python3", "-c", "import time; time.sleep(30)", secret])
+    try:
+        program = ("import os\nseen = []\nfor pid in os.listdir('/proc'):\n"
+                   "    try:\n        seen.append(open(f'/proc/{pid}/cmdline', 'rb').read())\n"
+                   "    except OSError:\n        pass\nprint(len(seen), repr(seen))\n")
+        res = run_python(program, FAST)
+    finally:
+        host.kill()
+        host.wait()
+    assert res.returncode == 0, res.stderr
+    assert secret not in res.stdout
+    assert int(res.stdout.split()[0]) == 3  # /proc/1, /proc/self and /proc/thread-self: its own process only
+
+
+def test_memfd_and_shared_memory_cannot_hold_memory_past_the_limit():
+    program = (
+        "import os, mmap\nheld = 0\n"
+        "try:\n    fd = os.memfd_create('x')\n    MEMFD = True\nexcept OSError:\n    MEMFD = False\n"
+        "try:\n    import _posixshmem\n    _posixshmem.shm_open('/r1kit', os.O_CREAT | os.O_RDWR, 0o600)\n"
+        "    SHM_OPEN = True\nexcept OSError:\n    SHM_OPEN = False\n"
+        "fds = []\n"
+        "for i in range(64):\n"
+        "    try:\n        f = open(f'/dev/shm/f{i}', 'wb')\n        f.write(b'x' * (16 << 20))\n        f.close()\n"
+        "        held += 16\n    except OSError:\n        break\n"
+        "print('memfd', MEMFD, 'held', held, flush=True)\n"
+    )
+    res = run_python(program, SandboxLimits(wall_s=10, memory_mb=256, disk_mb=64))
+    words = res.stdout.split()
+    assert words[:2] == ["memfd", "False"], res  # memfd_create is refused (seccomp), with or without a cgroup
+    if sandbox_mode() == "ns":
+        assert int(words[3]) <= 64  # /dev/shm is part of the sandbox's 64 MB tmpfs
+
+
+def test_memory_cgroup_counts_all_processes_together():
+    from r1kit.rewards.sandbox_cgroup import cgroup_support
+
+    if "memory" not in cgroup_support():
+        pytest.skip("no memory cgroup can be made here (needs root and a writable cgroup v1 memory hierarchy or a "
+                    "delegated cgroup v2 subtree); RLIMIT_AS limits each process alone")
+    # four processes of 150 MB each try to be alive at once under a 256 MB limit for the whole sandbox
+    program = (
+        "import os, select, time\nr, w = os.pipe()\npids = []\n"
+        "for _ in range(4):\n    pid = os.fork()\n    if pid == 0:\n"
+        "        x = bytearray(150 << 20)\n        x[::4096] = b'x' * len(x[::4096])\n"
+        "        os.write(w, b'1')\n        time.sleep(6)\n        os._exit(0)\n    pids.append(pid)\n"
+        "reported = 0\nwhile reported < 4 and select.select([r], [], [], 2.0)[0]:\n"
+        "    reported += len(os.read(r, 4))\n"
+        "alive = sum(os.waitpid(pid, os.WNOHANG) == (0, 0) for pid in pids)\n"
+        "print(reported, alive, flush=True)\n"
+    )
+    res = run_python(program, SandboxLimits(wall_s=8, cpu_s=8, memory_mb=256, max_procs=16))
+    reported, alive = map(int, res.stdout.split())
+    assert reported >= 1 and alive * 150 <= 256, res  # the OOM killer took the others
+
+
+def test_disk_quota_and_open_file_limit():
+    _needs_ns()
+    program = (
+        "written = 0\ntry:\n    for i in range(40):\n        with open(f'f{i}', 'wb') as f:\n"
+        "            f.write(b'x' * (16 << 20))\n        written += 16\nexcept OSError:\n    pass\n"
+        "files = []\ntry:\n    for i in range(10000):\n        files.append(open('/dev/null'))\n"
+        "except OSError:\n    pass\n"
+        "print(written, len(files))\n"
+    )
+    res = run_python(program, SandboxLimits(wall_s=10, disk_mb=64, file_mb=32, max_open_files=64))
+    written, opened = map(int, res.stdout.split())
+    assert written < 64 and opened < 64  # 640 MB in 40 files was the issue's probe
+
+
+def test_no_writable_host_paths_and_no_host_unix_sockets(tmp_path):
+    _needs_ns()
+    sock_dir = tmp_path / "sock"
+    sock_dir.mkdir()
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(sock_dir / "s"))
+    server.listen(1)
+    server.settimeout(0.1)
+    abstract = socket.socket(socket.AF_UNIX)
+    abstract.bind(b"\0r1kit-test-" + os.urandom(4).hex().encode())
+    abstract.listen(1)
+    abstract.settimeout(0.1)
+    marker = "r1kit-leak-" + os.urandom(4).hex()
+    targets = ["/run", "/run/lock", "/var/tmp", "/tmp", "/dev/shm", "/var/lock", str(tmp_path), "/root", "/"]
+    program = (
+        "import os, socket\nwrote = []\n"
+        f"for d in {targets!r}:\n"
+        "    try:\n"
+        f"        open(os.path.join(d, {marker!r}), 'w').write('x')\n        wrote.append(d)\n"
+        "    except OSError:\n        pass\n"
+        "connected = []\n"
+        f"for addr in [{str(sock_dir / 's')!r}, {abstract.getsockname()!r}, '/run/systemd/private']:\n"
+        "    s = socket.socket(socket.AF_UNIX)\n"
+        "    try:\n        s.connect(addr)\n        connected.append(addr)\n    except OSError:\n        pass\n"
+        "print(repr(wrote), repr(connected))\n"
+    )
+    try:
+        res = run_python(program, FAST)
+        for sock in (server, abstract):
+            with pytest.raises(socket.timeout):
+                sock.accept()
+    finally:
+        server.close()
+        abstract.close()
+    assert res.returncode == 0, res.stderr
+    assert "[]" in res.stdout.split(" ", 1)[1]  # connected to nothing
+    for d in targets:  # whatever it wrote stayed in its own tmpfs
+        assert not os.path.exists(os.path.join(d, marker)), d
+
+
+def test_nothing_survives_the_run():
+    _needs_ns()
+    program = PRINT_CWD + (
+        "import os, time\n"
+        "if os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n        time.sleep(60)\n    os._exit(0)\n"
+        "open('/tmp/left-behind', 'w').write('x')\nprint('started', flush=True)\n")
+    res = run_python(program, FAST)
+    assert res.returncode == 0 and "started" in res.stdout, res
+    time.sleep(0.3)
+    assert _processes_running(res.stdout.split()[0]) == 0
+    assert not os.path.exists("/tmp/left-behind") and not os.path.exists(res.stdout.split()[0])
+
+
+def test_plain_mode_still_runs_tests_on_the_far_side():
+    # where namespaces are unavailable the runner/candidate split still holds (rlimits, seccomp, cgroups only)
+    assert test_program("def add(a, b):\n    return a + b\n", ["assert add(1, 2) == 3"], FAST, mode="plain").passed \
+        == [True]
+    forged = "class A:\n    def __eq__(s, o):\n        return True\ndef add(a, b):\n    return A()\n"
+    assert test_program(forged, ["assert add(1, 2) == 3"], FAST, mode="plain").passed == [False]
+    res = run_python("import os\nprint(os.getpid())\n", FAST, mode="plain")
+    assert res.returncode == 0 and res.stdout.split() != ["1"]  # no PID namespace in this mode
