@@ -1,16 +1,16 @@
 """Routed experts at decode-sized batches: r1kit's `routed_swiglu` vs transformers' DeepseekV3Experts.
 
 In a decode step of B sequences the MoE layers see N = B tokens, i.e. N*K/E rows per expert (8 for 64 sequences
-of the small preset: 64 experts, top-8). On CPU r1kit runs its C kernel (`r1kit/models/csrc/routed_swiglu.c`,
+of the small preset: 64 experts, top-8). On CPU r1kit runs its C kernel (`r1kit/ops/cpu/csrc/routed_swiglu.c`,
 "r1kit"); "r1kit torch" is the PyTorch path used without it (rows padded into [E, cap, D], one bmm per projection,
 when few rows per expert; else per-expert matmuls); "r1kit grouped" forces the per-expert-mm formulation (the one
 used for training); "r1kit blocked" is the C kernel over column-blocked weight copies, as in a GRPO rollout
-(weight_blocks.scope(); the copies are made before timing). transformers runs its default experts implementation on
+(ops.frozen_weights(); the copies are made before timing). transformers runs its default experts implementation on
 the same weights (the saved r1kit model) and the same routing. All MoE layers of the model are timed in turn, the
 implementations alternate, inference mode, median of the repeats.
 
     python3 bench/moe_decode.py --threads 2 --tokens 8 64 256
-    python3 bench/moe_decode.py --tiles 8 16 32 64   # also the C kernel at other work-item sizes (native.ROUTED_TILE)
+    python3 bench/moe_decode.py --tiles 8 16 32 64   # also the C kernel at other work-item sizes (kernels.ROUTED_TILE)
 """
 from __future__ import annotations
 
@@ -21,8 +21,9 @@ import time
 
 import torch
 
-import r1kit.models.grouped_experts as ge
-from r1kit.models import native, weight_blocks
+import r1kit.ops.experts as ge
+from r1kit.ops import frozen, use_backend
+from r1kit.ops.cpu import kernels, library, weight_blocks
 from r1kit.models.checkpoint import save_model
 from r1kit.models.random_checkpoint import preset_config
 from r1kit.models.registry import build_model
@@ -30,36 +31,36 @@ from r1kit.models.registry import build_model
 
 def _torch(*args, padded_max_rows: int | None = None):
     """r1kit's PyTorch path (the C kernel switched off), optionally with the padded formulation off too."""
-    saved = native.load, ge.PADDED_MAX_ROWS
-    native.load = lambda: None
-    ge.PADDED_MAX_ROWS = saved[1] if padded_max_rows is None else padded_max_rows
+    saved = ge.PADDED_MAX_ROWS
+    ge.PADDED_MAX_ROWS = saved if padded_max_rows is None else padded_max_rows
     try:
-        return ge.routed_swiglu(*args)
+        with use_backend("torch"):
+            return ge.routed_swiglu(*args)
     finally:
-        native.load, ge.PADDED_MAX_ROWS = saved
+        ge.PADDED_MAX_ROWS = saved
 
 
 def _with_tile(tile: int):
     def run(moe, hf_experts, x, idx, w):
-        saved, native.ROUTED_TILE = native.ROUTED_TILE, tile
+        saved, kernels.ROUTED_TILE = kernels.ROUTED_TILE, tile
         try:
-            return native.routed_swiglu(x, idx, w, moe.experts.gate_up, moe.experts.down)
+            return kernels.routed_swiglu(x, idx, w, moe.experts.gate_up, moe.experts.down)
         finally:
-            native.ROUTED_TILE = saved
+            kernels.ROUTED_TILE = saved
     return run
 
 
-_ROLLOUT_BLOCKS = weight_blocks._Blocks()  # the blocked copies of a weight_blocks scope, kept for the whole benchmark
+_ROLLOUT_COPIES = frozen.WeightCopies()  # the blocked copies of a frozen-weights scope, kept for the whole benchmark
 
 
 def _blocked(moe, hf_experts, x, idx, w):
-    """the C kernel over column-blocked copies, as inside weight_blocks.scope() (a GRPO rollout)"""
-    saved, weight_blocks._SCOPE.blocks = weight_blocks.current(), _ROLLOUT_BLOCKS
+    """the C kernel over column-blocked copies, as inside ops.frozen_weights() (a GRPO rollout)"""
+    saved, frozen._SCOPE.copies = frozen.current(), _ROLLOUT_COPIES
     try:
         gate_up, down = moe.experts.gate_up, moe.experts.down
-        return native.routed_swiglu(x, idx, w, gate_up, down, weight_blocks.expert_blocks(gate_up, down))
+        return kernels.routed_swiglu(x, idx, w, gate_up, down, weight_blocks.expert_blocks(gate_up, down))
     finally:
-        weight_blocks._SCOPE.blocks = saved
+        frozen._SCOPE.copies = saved
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--tiles", type=int, nargs="*", default=[],
-                   help="also time the C kernel with work items of these many rows (default: native.ROUTED_TILE)")
+                   help="also time the C kernel with work items of these many rows (default: kernels.ROUTED_TILE)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     import transformers
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     for tile in args.tiles:
         impls[f"r1kit tile {tile}"] = _with_tile(tile)
-    if native.load() is None:
+    if library.load() is None:
         print("note: the native kernel could not be built (no C compiler?): 'r1kit' is the PyTorch path here")
     print(f"[{args.preset}] {len(layers)} MoE layers, {config.n_routed_experts} experts (top-"
           f"{config.num_experts_per_tok}), hidden {config.hidden_size}, {args.threads} threads; ms per token batch "

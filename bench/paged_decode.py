@@ -2,7 +2,7 @@
 
 One decode step of N sequences whose contexts (L/2 to L tokens) sit in scattered KV blocks: `gqa_paged_attention`
 (Llama / Qwen) and `mla_paged_attention` (DeepSeek-V3, after weight absorption) as the engine calls them, with the
-native kernel (`r1kit/models/csrc/paged_decode.c`: each row reads its blocks in place) and with them
+native kernel (`r1kit/ops/cpu/csrc/paged_decode.c`: each row reads its blocks in place) and with them
 switched off (the PyTorch path gathers every row's context into a padded copy, masks it, and runs SDPA / two bmm).
 ms per call (the cache write of the new token included), median of the repeats, and the max |diff|.
 
@@ -16,9 +16,9 @@ import time
 
 import torch
 
-from r1kit.models import native
 from r1kit.models.context import AttentionContext
-from r1kit.models.paged_attention import gqa_paged_attention, mla_paged_attention
+from r1kit.ops import gqa_paged_attention, mla_paged_attention, use_backend
+from r1kit.ops.cpu import library
 
 BLOCK = 16
 # (label, N sequences, max context L, attention shape)
@@ -49,8 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=10)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    real_load = native.load
-    if real_load() is None:
+    if library.load() is None:
         print("the native kernels could not be built (no C compiler?): nothing to compare")
         return 1
     g = torch.Generator().manual_seed(0)
@@ -74,13 +73,12 @@ def main(argv: list[str] | None = None) -> int:
             times, outs = {"native": [], "torch": []}, {}
             for rep in range(args.repeats + 1):
                 for mode in times:
-                    native.load = real_load if mode == "native" else (lambda: None)
                     ctx, _ = decode_step(n, max_len, torch.Generator().manual_seed(rep))  # fresh per-step plan
-                    t0 = time.perf_counter()
-                    outs[mode] = call(ctx)
-                    if rep:
-                        times[mode].append(1e3 * (time.perf_counter() - t0))
-            native.load = real_load
+                    with use_backend("cpu" if mode == "native" else "torch"):
+                        t0 = time.perf_counter()
+                        outs[mode] = call(ctx)
+                        if rep:
+                            times[mode].append(1e3 * (time.perf_counter() - t0))
             ms = {k: statistics.median(v) for k, v in times.items()}
             diff = (outs["native"] - outs["torch"]).abs().max().item()
             print(f"  {label:36s} N={n:3d} L<={max_len:5d}: native {ms['native']:7.2f}  torch path {ms['torch']:7.2f}"

@@ -1,9 +1,10 @@
 """Shared-prefix training attention (GRPO's packed rows): r1kit's C kernel vs torch's SDPA on the same rows.
 
-The peer is what the same rows cost through torch: `SharedPrefix.attend`'s SDPA path (the prompt's keys repeated for
-each completion next to its own, an explicit mask, v zero-padded to q's head dim for the fused flash kernel), which
-r1kit used before the kernel and still uses off CPU. Both compute the same outputs and gradients (the benchmark
-checks). Timed in alternation in one process; prints forward and forward + backward milliseconds and the ratio.
+The peer is what the same rows cost through torch: `SharedPrefix.attend`'s torch reference (two SDPA calls, the
+prompt's keys repeated for each completion next to its own, an explicit mask, v zero-padded to q's head dim for the
+fused flash kernel), which r1kit used before the kernel and still uses off CPU. Both compute the same outputs and
+gradients (the benchmark checks). Timed in alternation in one process; prints forward and forward + backward
+milliseconds and the ratio.
 
     python3 bench/shared_prefix_attention.py                       # deepseek_v3-small's GRPO micro-batch
     python3 bench/shared_prefix_attention.py --rows 2 --heads 8 --prompt 84 --group 8 --completion 128 --d 48 --dv 32
@@ -16,8 +17,8 @@ import time
 
 import torch
 
-from r1kit.models import attention, native
-from r1kit.models.attention import SharedPrefix
+from r1kit.ops import SharedPrefix, use_backend
+from r1kit.ops.cpu import library
 
 
 def main() -> None:
@@ -31,7 +32,7 @@ def main() -> None:
     p.add_argument("--dv", type=int, default=32, help="v head dim")
     p.add_argument("--rounds", type=int, default=15)
     a = p.parse_args()
-    if native.load() is None:
+    if library.load() is None:
         raise SystemExit("the native kernels are unavailable (no C compiler, or R1KIT_NATIVE=0)")
     B, H, P, G, C, d, dv = a.rows, a.heads, a.prompt, a.group, a.completion, a.d, a.dv
     L = P + G * C
@@ -43,15 +44,11 @@ def main() -> None:
     q, k = (torch.randn(B, L, H, d, generator=g).transpose(1, 2).requires_grad_() for _ in range(2))
     v = torch.randn(B, L, H, dv, generator=g).transpose(1, 2).requires_grad_()
     go = torch.randn(B, H, L, dv, generator=g)
-    kernel = attention.native_shared_prefix_attention
 
     def run(use_kernel: bool, backward: bool):
-        attention.native_shared_prefix_attention = kernel if use_kernel else (lambda *args: None)
-        try:
+        with use_backend("cpu" if use_kernel else "torch"):
             out = layout.attend(q, k, v, d ** -0.5)
             grads = torch.autograd.grad(out, (q, k, v), go) if backward else ()
-        finally:
-            attention.native_shared_prefix_attention = kernel
         return out.detach(), grads
 
     (o1, g1), (o2, g2) = run(False, True), run(True, True)

@@ -31,12 +31,12 @@ def tiny_checkpoint(tmp_path_factory):
 
 @pytest.fixture(params=["native", "torch"])
 def cpu_kernels(request, monkeypatch):
-    """Runs a test with r1kit's native CPU kernels (r1kit/models/native.py) and again with them switched off, so
-    both the C kernels and the PyTorch paths they replace stay covered."""
-    from r1kit.models import native
+    """Runs a test with r1kit's cpu backend (the C kernels of r1kit/ops/cpu) and again with the torch reference
+    only (r1kit/ops/dispatch.py), so both the C kernels and the PyTorch paths they replace stay covered."""
+    from r1kit.ops import use_backend
+    from r1kit.ops.cpu import library
 
-    if request.param == "torch":
-        monkeypatch.setattr(native, "load", lambda: None)
-    elif native.load() is None:
+    if request.param == "native" and library.load() is None:
         pytest.skip("no C compiler for the native CPU kernels")
-    return request.param
+    with use_backend("cpu" if request.param == "native" else "torch"):
+        yield request.param

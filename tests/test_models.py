@@ -189,8 +189,8 @@ def _experts_reference(x, idx, w, gate_up, down):
 # align 4: each expert's rows padded to a multiple of 4 (the bf16-on-CPU layout, here in float64 to check it exactly)
 @pytest.mark.parametrize("align", [1, 4])
 def test_routed_expert_kernel_gradients_match_finite_differences(align, monkeypatch):
-    import r1kit.models.grouped_experts as ge
-    from r1kit.models.grouped_experts import routed_swiglu
+    import r1kit.ops.experts as ge
+    from r1kit.ops import routed_swiglu
 
     monkeypatch.setattr(ge, "_row_align", lambda x: align)
 
@@ -206,8 +206,8 @@ def test_routed_expert_kernel_gradients_match_finite_differences(align, monkeypa
 
 @pytest.mark.parametrize("align", [1, 4])
 def test_routed_experts_forward_and_gradients_match_a_per_expert_autograd_loop(align, monkeypatch):
-    import r1kit.models.grouped_experts as ge
-    from r1kit.models.grouped_experts import routed_swiglu
+    import r1kit.ops.experts as ge
+    from r1kit.ops import routed_swiglu
 
     monkeypatch.setattr(ge, "_row_align", lambda x: align)
 
@@ -229,7 +229,7 @@ def test_routed_experts_forward_and_gradients_match_a_per_expert_autograd_loop(a
 
 
 def test_routed_experts_under_cpu_autocast_run_in_bf16_and_give_float32_weight_gradients():
-    from r1kit.models.grouped_experts import routed_swiglu
+    from r1kit.ops import routed_swiglu
 
     idx, w, g = _routing(300, 16, 4, seed=3, dtype=torch.float32)  # uneven row counts: aligned to 32 in bf16
     x = torch.randn(300, 64, generator=g)
@@ -250,10 +250,10 @@ def test_routed_experts_under_cpu_autocast_run_in_bf16_and_give_float32_weight_g
 
 
 def test_decode_sized_batches_route_through_padded_experts_exactly(monkeypatch):
-    import r1kit.models.grouped_experts as ge
-    from r1kit.models import native
+    import r1kit.ops.experts as ge
+    from r1kit.ops.cpu import library
 
-    monkeypatch.setattr(native, "load", lambda: None)  # the padded path is what runs where the C kernel cannot
+    monkeypatch.setattr(library, "load", lambda: None)  # the padded path is what runs where the C kernel cannot
 
     e, k, d = 64, 8, 32
     idx, w, g = _routing(64, e, k, seed=2, dtype=torch.float32)  # decode step of 64 sequences: ~8 rows per expert
@@ -383,9 +383,9 @@ def test_model_attention_mask_keeps_right_padding_out_of_expert_loads():
 def test_bf16_model_decodes_through_the_native_kernels_like_the_pytorch_path(monkeypatch):
     """A model loaded in bf16 (weights and KV cache): the native kernels read them as bf16 and compute in fp32; the
     decode step's logits agree with the PyTorch bf16 path within bf16 rounding."""
-    from r1kit.models import native
+    from r1kit.ops.cpu import kernels, library
 
-    if native.load() is None:
+    if library.load() is None:
         pytest.skip("no C compiler for the native CPU kernels")
     model = build_model(preset_config("deepseek_v3", "tiny", vocab_size=64), device="cpu", seed=0).eval()
     with torch.no_grad():
@@ -396,7 +396,7 @@ def test_bf16_model_decodes_through_the_native_kernels_like_the_pytorch_path(mon
     spec = model.kv_cache_spec()
     assert spec.dtype == torch.bfloat16
     calls = {"experts": 0, "attention": 0}
-    routed, paged = native.routed_swiglu, native._paged_decode
+    routed, paged = kernels.routed_swiglu, kernels._paged_decode
 
     def counted(name, fn):
         def wrapper(*args, **kwargs):
@@ -405,8 +405,8 @@ def test_bf16_model_decodes_through_the_native_kernels_like_the_pytorch_path(mon
             return out
         return wrapper
 
-    monkeypatch.setattr(native, "routed_swiglu", counted("experts", routed))
-    monkeypatch.setattr(native, "_paged_decode", counted("attention", paged))
+    monkeypatch.setattr(kernels, "routed_swiglu", counted("experts", routed))
+    monkeypatch.setattr(kernels, "_paged_decode", counted("attention", paged))
     ids = torch.randint(0, 64, (2, 9), generator=torch.Generator().manual_seed(0))
 
     def decode_logits():
@@ -427,7 +427,7 @@ def test_bf16_model_decodes_through_the_native_kernels_like_the_pytorch_path(mon
 
     native_logits = decode_logits()
     assert calls["experts"] > 0 and calls["attention"] > 0
-    monkeypatch.setattr(native, "load", lambda: None)
+    monkeypatch.setattr(library, "load", lambda: None)
     torch_logits = decode_logits()
     diff = (native_logits - torch_logits).abs().max().item()
     scale = torch_logits.abs().max().item()

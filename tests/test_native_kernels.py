@@ -1,4 +1,4 @@
-"""The native CPU kernels (r1kit/models/csrc, built by r1kit/models/native.py) against independent float64
+"""The cpu backend's C kernels (r1kit/ops/cpu/csrc, built by r1kit/ops/cpu/library.py) against independent float64
 references, and their build: cached per machine, and a missing or failing compiler falls back with a warning."""
 from __future__ import annotations
 
@@ -6,15 +6,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from r1kit.models import attention, native, weight_blocks
-from r1kit.models.grouped_experts import routed_swiglu
+from r1kit.ops import frozen, frozen_weights, routed_swiglu
+from r1kit.ops.cpu import backend, kernels, library, train_kernels, weight_blocks
 
 
 @pytest.fixture
 def lib():
-    if native.load() is None:
+    if library.load() is None:
         pytest.skip("no C compiler for the native CPU kernels")
-    return native.load()
+    return library.load()
 
 
 def experts_reference(x, idx, w, gate_up, down):
@@ -43,7 +43,7 @@ def test_native_routed_experts_match_a_per_token_reference(lib, threads):
     gate_up, down = 0.3 * torch.randn(e, 2 * i, d, generator=g), 0.3 * torch.randn(e, d, i, generator=g)
     torch.set_num_threads(threads)
     try:
-        out = native.routed_swiglu(x, idx, w, gate_up, down)
+        out = kernels.routed_swiglu(x, idx, w, gate_up, down)
     finally:
         torch.set_num_threads(2)
     assert out is not None and out.dtype == torch.float32
@@ -62,24 +62,24 @@ def _routed_case(d, i, seed=0):
     return x, idx, w, 0.3 * torch.randn(e, 2 * i, d, generator=g), 0.3 * torch.randn(e, d, i, generator=g)
 
 
-# Inside a weight_blocks.scope() (a rollout) fp32 experts with 2I and D multiples of 32 run the blocked C kernel
-# (through grouped_experts.routed_swiglu) over transposed copies, made once and reused; the copies go when the scope
+# Inside a frozen_weights() (a rollout) fp32 experts with 2I and D multiples of 32 run the blocked C kernel
+# (through r1kit.ops.routed_swiglu) over transposed copies, made once and reused; the copies go when the scope
 # closes.
 @pytest.mark.parametrize("threads", [1, 2])
 def test_native_routed_experts_over_blocked_weights_match_the_reference_inside_a_scope(lib, threads):
     x, idx, w, gate_up, down = _routed_case(64, 48)
     torch.set_num_threads(threads)
     try:
-        with weight_blocks.scope():
+        with frozen_weights():
             out = routed_swiglu(x, idx, w, gate_up, down)
-            assert set(weight_blocks.current().copies) == {id(gate_up), id(down)}  # the blocked kernel ran
-            blocks = weight_blocks.current().copies[id(gate_up)][1]
-            with weight_blocks.scope():                    # nested: the same copies
+            assert set(frozen.current().copies) == {id(gate_up), id(down)}  # the blocked kernel ran
+            blocks = frozen.current().copies[id(gate_up)][1]
+            with frozen_weights():                    # nested: the same copies
                 again = routed_swiglu(x, idx, w, gate_up, down)
-            assert weight_blocks.current().copies[id(gate_up)][1] is blocks
+            assert frozen.current().copies[id(gate_up)][1] is blocks
     finally:
         torch.set_num_threads(2)
-    assert weight_blocks.current() is None
+    assert frozen.current() is None
     assert torch.equal(out, again)
     ref = experts_reference(x, idx, w, gate_up, down)  # fp32 rounding of sums of 48-64 products, serial per lane
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-6 * float(ref.abs().max()))
@@ -87,21 +87,21 @@ def test_native_routed_experts_over_blocked_weights_match_the_reference_inside_a
 
 def test_weight_blocks_see_new_weights_in_the_next_scope_and_stay_under_the_memory_cap(lib, monkeypatch):
     x, idx, w, gate_up, down = _routed_case(32, 16, seed=3)
-    with weight_blocks.scope():
+    with frozen_weights():
         routed_swiglu(x, idx, w, gate_up, down)
     with torch.no_grad():
         gate_up.mul_(-0.5)  # an optimizer step between two rollouts
-    with weight_blocks.scope():
+    with frozen_weights():
         out = routed_swiglu(x, idx, w, gate_up, down)
     torch.testing.assert_close(out.double(), experts_reference(x, idx, w, gate_up, down), rtol=1e-5, atol=1e-6)
     monkeypatch.setattr(weight_blocks, "MAX_BYTES", gate_up.numel() * 4)  # room for gate_up's copy, not down's
-    with weight_blocks.scope():
+    with frozen_weights():
         capped = routed_swiglu(x, idx, w, gate_up, down)
-        assert weight_blocks.current().copies == {}  # no copy: the unblocked kernel ran
+        assert frozen.current().copies == {}  # no copy: the unblocked kernel ran
     torch.testing.assert_close(capped, out, rtol=1e-5, atol=1e-6)
 
 
-# Inside a weight_blocks.scope(), r1kit's Linear runs CPU fp32 products without autograd over a blocked copy of its
+# Inside a frozen_weights(), r1kit's Linear runs CPU fp32 products without autograd over a blocked copy of its
 # weight: output widths that are not multiples of the 32-column blocks (80: a partial block; 5: only one), more
 # rows than one 32-row work item, leading dims, a bias; with gradients it stays nn.Linear.
 @pytest.mark.parametrize("out_features, bias", [(80, True), (256, False), (5, False)])
@@ -118,10 +118,10 @@ def test_linear_inside_weight_blocks_matches_float64_and_steps_aside_for_autogra
     ref = x.double() @ lin.weight.double().T + (lin.bias.double() if bias else 0)
     torch.set_num_threads(threads)
     try:
-        with weight_blocks.scope():
+        with frozen_weights():
             with torch.no_grad():
                 out = lin(x)
-            assert list(weight_blocks.current().copies) == [id(lin.weight)]
+            assert list(frozen.current().copies) == [id(lin.weight)]
             y = lin(x)  # the weight requires grad: the autograd path, and a gradient
             assert y.grad_fn is not None
     finally:
@@ -139,40 +139,40 @@ def test_a_weight_blocks_scope_belongs_to_its_thread_and_autocast_keeps_torch(li
 
     lin, x = Linear(32, 32), torch.randn(4, 32)
     seen = []
-    with weight_blocks.scope(), torch.no_grad():
+    with frozen_weights(), torch.no_grad():
         worker = threading.Thread(
-            target=lambda: seen.append((weight_blocks.current(), weight_blocks.linear(x, lin.weight))))
+            target=lambda: seen.append((frozen.current(), weight_blocks.linear(x, lin.weight))))
         worker.start()
         worker.join()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert lin(x).dtype == torch.bfloat16  # as F.linear under autocast
-        assert weight_blocks.current().copies == {}
+        assert frozen.current().copies == {}
     assert seen == [(None, None)]  # another thread (an engine serving) never sees a rollout's scope
 
 
 # Expert j gets j + 1 rows (1..9): every remainder of the kernel's 4-row blocks (a 2-row and a 1-row block, with
 # more weight rows each), split into work items (tiles) of 1, 4 or the default number of rows; widths that leave
 # partial 16-row weight chunks and vector tails, and an expert width below one vector (i = 12: the scalar path).
-@pytest.mark.parametrize("tile", [1, 4, native.ROUTED_TILE])
+@pytest.mark.parametrize("tile", [1, 4, kernels.ROUTED_TILE])
 @pytest.mark.parametrize("i", [20, 12])
 def test_native_routed_experts_match_the_reference_for_every_row_count_of_an_expert(lib, i, tile, monkeypatch):
-    monkeypatch.setattr(native, "ROUTED_TILE", tile)
+    monkeypatch.setattr(kernels, "ROUTED_TILE", tile)
     g = torch.Generator().manual_seed(1)
     e, d = 9, 40
     idx = torch.tensor([j for j in range(e) for _ in range(j + 1)])[torch.randperm(45, generator=g)].view(15, 3)
     x, w = torch.randn(15, d, generator=g), torch.rand(15, 3, generator=g)
     gate_up, down = 0.3 * torch.randn(e, 2 * i, d, generator=g), 0.3 * torch.randn(e, d, i, generator=g)
-    out = native.routed_swiglu(x, idx, w, gate_up, down)
+    out = kernels.routed_swiglu(x, idx, w, gate_up, down)
     assert out is not None
     torch.testing.assert_close(out.double(), experts_reference(x, idx, w, gate_up, down), rtol=1e-5, atol=1e-6)
 
 
 def test_routed_experts_use_the_native_kernel_only_for_few_rows_per_expert_without_gradients(lib, monkeypatch):
-    import r1kit.models.grouped_experts as ge
+    import r1kit.ops.experts as ge
 
     calls = []
-    real = native.routed_swiglu
-    monkeypatch.setattr(native, "routed_swiglu", lambda *a: calls.append(1) or real(*a))
+    real = kernels.routed_swiglu
+    monkeypatch.setattr(kernels, "routed_swiglu", lambda *a: calls.append(1) or real(*a))
     g = torch.Generator().manual_seed(1)
     x, idx, w = torch.randn(8, 16, generator=g), torch.randint(0, 4, (8, 2), generator=g), torch.rand(8, 2)
     gate_up = (0.3 * torch.randn(4, 8, 16, generator=g)).requires_grad_()
@@ -183,7 +183,7 @@ def test_routed_experts_use_the_native_kernel_only_for_few_rows_per_expert_witho
         inferred = ge.routed_swiglu(x, idx, w, gate_up, down)
     assert calls == [1]
     torch.testing.assert_close(inferred, trained.detach(), rtol=1e-5, atol=1e-5)
-    many = ge.NATIVE_MAX_ROWS_PER_EXPERT * 4 // 2 + 1  # tokens: just over the rows-per-expert limit (4 experts, K=2)
+    many = backend.NATIVE_MAX_ROWS_PER_EXPERT * 4 // 2 + 1  # tokens: just over the rows-per-expert limit (4 x K=2)
     x, idx, w = torch.randn(many, 16, generator=g), torch.randint(0, 4, (many, 2), generator=g), torch.rand(many, 2)
     with torch.no_grad():
         ge.routed_swiglu(x, idx, w, gate_up, down)
@@ -194,23 +194,23 @@ def test_native_routed_experts_reject_expert_ids_out_of_range(lib):
     x, w = torch.randn(2, 16), torch.rand(2, 1)
     gate_up, down = torch.randn(4, 8, 16), torch.randn(4, 16, 4)
     with pytest.raises(RuntimeError, match="expert ids"):
-        native.routed_swiglu(x, torch.tensor([[1], [4]]), w, gate_up, down)
+        kernels.routed_swiglu(x, torch.tensor([[1], [4]]), w, gate_up, down)
 
 
 def test_native_kernels_decline_what_they_do_not_handle(lib):
     # other dtypes and mismatched shapes go back to the PyTorch path (which names the problem), never into C
     x, idx, w = torch.randn(2, 16), torch.tensor([[1], [2]]), torch.rand(2, 1)
     gate_up, down = torch.randn(4, 8, 16), torch.randn(4, 16, 4)
-    assert native.routed_swiglu(x, idx, w, gate_up.bfloat16(), down) is None  # one bf16 and one fp32 weight
-    assert native.routed_swiglu(x.half(), idx, w.half(), gate_up.half(), down.half()) is None
-    assert native.routed_swiglu(x.double(), idx, w.double(), gate_up.double(), down.double()) is None
-    assert native.routed_swiglu(x, idx, w, gate_up, torch.randn(4, 12, 4)) is None  # down's D differs from x's
-    assert native.routed_swiglu(x[:, :8], idx, w, gate_up, down) is None
+    assert kernels.routed_swiglu(x, idx, w, gate_up.bfloat16(), down) is None  # one bf16 and one fp32 weight
+    assert kernels.routed_swiglu(x.half(), idx, w.half(), gate_up.half(), down.half()) is None
+    assert kernels.routed_swiglu(x.double(), idx, w.double(), gate_up.double(), down.double()) is None
+    assert kernels.routed_swiglu(x, idx, w, gate_up, torch.randn(4, 12, 4)) is None  # down's D differs from x's
+    assert kernels.routed_swiglu(x[:, :8], idx, w, gate_up, down) is None
     tables, lens = torch.tensor([[0]]), torch.tensor([3])
-    assert native.mla_decode(torch.randn(1, 2, 40), torch.zeros(2, 16, 24), tables, lens, 16, 1.0) is None
-    assert native.gqa_decode(torch.randn(1, 5, 16), torch.zeros(2, 16, 2, 2, 16), tables, lens, 1.0) is None  # 5 % 2
-    assert native.gqa_decode(torch.randn(1, 4, 64), torch.zeros(2, 16, 2, 2, 32), tables, lens, 1.0) is None
-    assert native.mla_decode(torch.randn(1, 2, 24), torch.zeros(2, 16, 24).half(), tables, lens, 16, 1.0) is None
+    assert kernels.mla_decode(torch.randn(1, 2, 40), torch.zeros(2, 16, 24), tables, lens, 16, 1.0) is None
+    assert kernels.gqa_decode(torch.randn(1, 5, 16), torch.zeros(2, 16, 2, 2, 16), tables, lens, 1.0) is None  # 5 % 2
+    assert kernels.gqa_decode(torch.randn(1, 4, 64), torch.zeros(2, 16, 2, 2, 32), tables, lens, 1.0) is None
+    assert kernels.mla_decode(torch.randn(1, 2, 24), torch.zeros(2, 16, 24).half(), tables, lens, 16, 1.0) is None
 
 
 # A bf16 model: its expert weights are read as bf16 and widened to fp32, so the result is the fp32 computation on
@@ -223,7 +223,7 @@ def test_native_routed_experts_over_bf16_weights_compute_in_fp32(lib, x_dtype):
     x, w = torch.randn(15, d, generator=g).to(x_dtype), torch.rand(15, 3, generator=g).to(x_dtype)
     gate_up = (0.3 * torch.randn(e, 2 * i, d, generator=g)).bfloat16()
     down = (0.3 * torch.randn(e, d, i, generator=g)).bfloat16()
-    out = native.routed_swiglu(x, idx, w, gate_up, down)
+    out = kernels.routed_swiglu(x, idx, w, gate_up, down)
     assert out is not None and out.dtype == x_dtype
     expected = experts_reference(x.float(), idx, w.float(), gate_up.float(), down.float())
     tol = dict(rtol=1e-5, atol=1e-6) if x_dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)  # bf16 output
@@ -240,12 +240,12 @@ def test_native_decode_attention_over_a_bf16_cache_matches_fp32_attention_on_its
         cache, q = torch.randn(num_blocks, bs, 48, generator=g).bfloat16(), torch.randn(5, 6, 48, generator=g)
 
         def decode(q, cache):
-            return native.mla_decode(q, cache, tables, lens, 40, 0.3)
+            return kernels.mla_decode(q, cache, tables, lens, 40, 0.3)
     else:
         cache, q = torch.randn(num_blocks, bs, 2, 2, 40, generator=g).bfloat16(), torch.randn(5, 6, 40, generator=g)
 
         def decode(q, cache):
-            return native.gqa_decode(q, cache, tables, lens, 0.2)
+            return kernels.gqa_decode(q, cache, tables, lens, 0.2)
     out = decode(q, cache)
     assert out is not None and out.dtype == torch.float32
     torch.testing.assert_close(out, decode(q, cache.float()), rtol=1e-6, atol=1e-6)  # the fp32 kernel, tested above
@@ -253,7 +253,7 @@ def test_native_decode_attention_over_a_bf16_cache_matches_fp32_attention_on_its
 
 
 def test_native_routed_experts_with_no_slots_give_zeros(lib):
-    out = native.routed_swiglu(torch.randn(3, 16), torch.zeros(3, 0, dtype=torch.long), torch.zeros(3, 0),
+    out = kernels.routed_swiglu(torch.randn(3, 16), torch.zeros(3, 0, dtype=torch.long), torch.zeros(3, 0),
                                torch.randn(4, 8, 16), torch.randn(4, 16, 4))
     assert out.shape == (3, 16) and not out.any()
 
@@ -272,7 +272,7 @@ def test_native_mla_decode_matches_softmax_attention_over_each_rows_blocks(lib, 
     scale = 0.3
     torch.set_num_threads(threads)
     try:
-        out = native.mla_decode(q, cache, tables, lens, r, scale)
+        out = kernels.mla_decode(q, cache, tables, lens, r, scale)
     finally:
         torch.set_num_threads(2)
     flat = cache.view(-1, r + rope).double()
@@ -292,7 +292,7 @@ def test_native_gqa_decode_matches_softmax_attention_over_each_rows_blocks(lib, 
     tables = torch.randperm(num_blocks, generator=g)[:len(lens) * nblk].view(len(lens), nblk)
     cache = torch.randn(num_blocks, bs, 2, hkv, d, generator=g)
     q = torch.randn(len(lens), hq, d, generator=g)
-    out = native.gqa_decode(q, cache, tables, lens, 0.2)
+    out = kernels.gqa_decode(q, cache, tables, lens, 0.2)
     flat = cache.view(-1, 2, hkv, d).double()
     for row, n in enumerate(lens.tolist()):
         kv = flat[torch.tensor([int(tables[row, j // bs]) * bs + j % bs for j in range(n)])]  # [n, 2, hkv, d]
@@ -304,9 +304,9 @@ def test_native_gqa_decode_matches_softmax_attention_over_each_rows_blocks(lib, 
 def test_native_mla_decode_rejects_block_ids_out_of_range(lib):
     cache, q = torch.zeros(4, 16, 24), torch.zeros(1, 2, 24)
     with pytest.raises(RuntimeError, match="out of range"):
-        native.mla_decode(q, cache, torch.tensor([[1, 9]]), torch.tensor([20]), 16, 1.0)
+        kernels.mla_decode(q, cache, torch.tensor([[1, 9]]), torch.tensor([20]), 16, 1.0)
     with pytest.raises(RuntimeError, match="out of range"):  # a length past the table's blocks
-        native.gqa_decode(torch.zeros(1, 2, 8), torch.zeros(4, 16, 2, 1, 8), torch.tensor([[1]]), torch.tensor([17]),
+        kernels.gqa_decode(torch.zeros(1, 2, 8), torch.zeros(4, 16, 2, 1, 8), torch.tensor([[1]]), torch.tensor([17]),
                           1.0)
 
 
@@ -316,31 +316,31 @@ def test_native_rms_norm_matches_float64_rms_norm_on_strided_rows(lib, n):
     g = torch.Generator().manual_seed(7)
     wide = torch.randn(n, 56, generator=g)
     x, w = wide[:, 3:43], torch.randn(40, generator=g)  # rows 56 floats apart, like c_kv split off kv_a's output
-    out = native.rms_norm(x, w, 1e-6)
+    out = kernels.rms_norm(x, w, 1e-6)
     x64 = x.double()
     expected = x64 * torch.rsqrt(x64.pow(2).mean(-1, keepdim=True) + 1e-6) * w.double()
     assert out.shape == x.shape and out.is_contiguous()
     torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-6)
-    batched = native.rms_norm(x.contiguous().view(1, n, 40), w, 1e-6)  # [B, T, D] input: the same rows
+    batched = kernels.rms_norm(x.contiguous().view(1, n, 40), w, 1e-6)  # [B, T, D] input: the same rows
     assert batched.shape == (1, n, 40) and torch.equal(batched[0], out)
 
 
 @pytest.mark.parametrize("interleave", [True, False])
 def test_native_rope_matches_the_pytorch_rope_on_strided_engine_layouts(lib, interleave):
-    from r1kit.models.layers import apply_rope
+    from r1kit.ops import rope as apply_rope
 
     g = torch.Generator().manual_seed(11)
     q = torch.randn(9, 3, 30, generator=g)[..., 10:]   # q_pe split off q: [T, H, 20], rows 30 floats apart
     k = torch.randn(9, 26, generator=g)[:, 6:]         # k_pe split off kv_a: [T, 20]
     cos, sin = torch.randn(9, 10, generator=g), torch.randn(9, 10, generator=g)
     for x, c, s_ in ((q, cos.unsqueeze(-2), sin.unsqueeze(-2)), (k, cos, sin)):
-        out = native.rope(x, c, s_, interleave)
+        out = kernels.rope(x, c, s_, interleave)
         with torch.enable_grad():  # with gradients enabled apply_rope is the PyTorch formula
             ref = apply_rope(x.double(), c.double(), s_.double(), interleave)
         assert out.shape == x.shape
         torch.testing.assert_close(out.double(), ref, rtol=1e-6, atol=1e-6)
-    assert native.rope(q.double(), cos.unsqueeze(-2), sin.unsqueeze(-2), interleave) is None
-    assert native.rope(torch.randn(2, 9, 3, 20), cos, sin, interleave) is None  # [B, T, H, d]: the PyTorch path
+    assert kernels.rope(q.double(), cos.unsqueeze(-2), sin.unsqueeze(-2), interleave) is None
+    assert kernels.rope(torch.randn(2, 9, 3, 20), cos, sin, interleave) is None  # [B, T, H, d]: the PyTorch path
 
 
 @pytest.mark.parametrize("n", [7, 3000])  # 3000 x 40 crosses the OpenMP threshold (per-thread weight-grad sums)
@@ -350,7 +350,7 @@ def test_native_training_rms_norm_forward_and_gradients_match_float64_autograd(l
     w = torch.randn(40, generator=g)
     upstream = torch.randn(n, 40, generator=g)
     results = []
-    for dt, fn in ((torch.float32, lambda x, w: native.rms_norm_train(x, w, 1e-6)),
+    for dt, fn in ((torch.float32, lambda x, w: train_kernels.rms_norm_train(x, w, 1e-6)),
                    (torch.float64, lambda x, w: F.rms_norm(x, (40,), w, eps=1e-6))):
         leaf, wl = wide.to(dt).clone().requires_grad_(), w.to(dt).clone().requires_grad_()
         out = fn(leaf[:, 5:45], wl)  # strided rows, as c_kv split off kv_a's output
@@ -366,7 +366,7 @@ def test_routed_experts_train_through_the_native_glue_and_match_float64_autograd
     """The training formulation on CPU fp32 sorts, gathers, activates and sums in C (csrc/moe_train.c) around the
     per-expert matmuls: output and all four gradients against plain float64 autograd of the per-token reference.
     D = 40, I = 20 (vector tails); expert 4 gets no rows (its weight gradients must be zero, not garbage)."""
-    import r1kit.models.grouped_experts as ge
+    import r1kit.ops.experts as ge
 
     g = torch.Generator().manual_seed(5)
     n, k, e, d, i = 37, 3, 6, 40, 20
@@ -374,8 +374,8 @@ def test_routed_experts_train_through_the_native_glue_and_match_float64_autograd
     leaves32 = [torch.randn(n, d, generator=g), torch.rand(n, k, generator=g),
                 0.3 * torch.randn(e, 2 * i, d, generator=g), 0.3 * torch.randn(e, d, i, generator=g)]
     upstream = torch.randn(n, d, generator=g)
-    calls, real = [], native.expert_order
-    monkeypatch.setattr(native, "expert_order", lambda *a: calls.append(1) or real(*a))
+    calls, real = [], train_kernels.expert_order
+    monkeypatch.setattr(train_kernels, "expert_order", lambda *a: calls.append(1) or real(*a))
     results = []
     for dt, fn in ((torch.float32, ge.routed_swiglu), (torch.float64, experts_reference)):
         leaves = [t.to(dt, copy=True).requires_grad_() for t in leaves32]
@@ -392,14 +392,14 @@ def test_routed_experts_train_through_the_native_glue_and_match_float64_autograd
         torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5)
     assert results[0][3][4].abs().max() == 0 and results[0][4][4].abs().max() == 0
     with pytest.raises(ValueError, match=r"outside \[0, 6\)"):
-        native.expert_order(torch.tensor([0, 6]), 6)
+        train_kernels.expert_order(torch.tensor([0, 6]), 6)
 
 
 def test_native_experts_stay_finite_for_very_negative_gate_pre_activations(lib):
     """silu(g) for g far below -88 (where expf(-g) overflows): -ffast-math's vectorised division by an infinite
     denominator gave NaN, so the sigmoid is written with a bounded one. Both C kernels (decode and the training glue),
     against the torch path, with I = 32 so the vector loop runs."""
-    import r1kit.models.grouped_experts as ge
+    import r1kit.ops.experts as ge
 
     n, k, e, d, i = 5, 2, 3, 16, 32
     x = torch.ones(n, d)
@@ -409,7 +409,7 @@ def test_native_experts_stay_finite_for_very_negative_gate_pre_activations(lib):
     gate_up[:, :i:2] = 0.01  # every other gate unit ordinary (0.16), so the output is not all zeros
     down = torch.full((e, d, i), 0.1)
     with torch.no_grad():
-        decode = native.routed_swiglu(x, idx, w, gate_up, down)
+        decode = kernels.routed_swiglu(x, idx, w, gate_up, down)
     leaves = [t.clone().requires_grad_() for t in (x, w, gate_up, down)]
     trained = ge.routed_swiglu(leaves[0], idx, *leaves[1:])
     trained.sum().backward()
@@ -427,8 +427,8 @@ def test_rmsnorm_module_trains_through_the_native_kernel_on_cpu(lib, monkeypatch
     torch.nn.init.normal_(norm.weight)
     x = torch.randn(2, 5, 24, requires_grad=True)
     calls = []
-    real = native.rms_norm_train
-    monkeypatch.setattr(native, "rms_norm_train", lambda *a: calls.append(1) or real(*a))
+    real = train_kernels.rms_norm_train
+    monkeypatch.setattr(train_kernels, "rms_norm_train", lambda *a: calls.append(1) or real(*a))
     norm(x).sum().backward()
     assert calls and x.grad is not None and norm.weight.grad is not None
 
@@ -443,8 +443,8 @@ def test_native_ops_step_aside_for_fake_tensors_and_refuse_double_backward(lib):
     with FakeTensorMode(allow_non_fake_inputs=True) as mode, torch.no_grad():  # tracing: no data behind data_ptr
         fake = mode.from_tensor(torch.randn(4, 16))
         assert norm(fake).shape == (4, 16)  # the PyTorch path, not a read through a null pointer
-        assert native.rms_norm(fake, norm.weight, 1e-6) is None
-        assert native.router_select(mode.from_tensor(torch.rand(4, 8)), torch.zeros(8), 2, 1, 1, True, 1.0) is None
+        assert kernels.rms_norm(fake, norm.weight, 1e-6) is None
+        assert kernels.router_select(mode.from_tensor(torch.rand(4, 8)), torch.zeros(8), 2, 1, 1, True, 1.0) is None
     x = torch.randn(3, 16, requires_grad=True)
     (gx,) = torch.autograd.grad(norm(x).pow(2).sum(), x, create_graph=True)
     assert gx.requires_grad  # (without once_differentiable it silently would not, and second order would be wrong)
@@ -456,7 +456,7 @@ def test_native_router_outputs_ignore_torchs_default_dtype(lib):
     scores, bias = torch.rand(5, 8), torch.zeros(8)
     torch.set_default_dtype(torch.float64)
     try:
-        idx, w = native.router_select(scores, bias, 2, 4, 2, True, 1.0)
+        idx, w = kernels.router_select(scores, bias, 2, 4, 2, True, 1.0)
     finally:
         torch.set_default_dtype(torch.float32)
     assert w.dtype == torch.float32 and idx.dtype == torch.int64
@@ -487,12 +487,12 @@ def test_native_router_selects_the_same_experts_and_weights_as_a_reference(lib, 
     g = torch.Generator().manual_seed(e + k)
     scores = torch.rand(50, e, generator=g)
     bias = 0.05 * torch.randn(e, generator=g)
-    idx, w = native.router_select(scores, bias, k, groups, topk_groups, norm, 2.5)
+    idx, w = kernels.router_select(scores, bias, k, groups, topk_groups, norm, 2.5)
     ref_idx, ref_w = _router_reference(scores, bias, k, groups, topk_groups, norm, 2.5)
     assert torch.equal(idx, ref_idx)  # the kernel returns the experts in descending order of choice
     torch.testing.assert_close(w.double(), ref_w, rtol=1e-6, atol=1e-7)
-    assert native.router_select(scores.double(), bias, k, groups, topk_groups, norm, 2.5) is None
-    assert native.router_select(scores, bias, k, 5 if e % 5 else 7, 1, norm, 2.5) is None  # groups must divide E
+    assert kernels.router_select(scores.double(), bias, k, groups, topk_groups, norm, 2.5) is None
+    assert kernels.router_select(scores, bias, k, 5 if e % 5 else 7, 1, norm, 2.5) is None  # groups must divide E
 
 
 def _random_router(seed: int):
@@ -516,7 +516,7 @@ def test_deepseek_router_gives_the_same_routing_with_and_without_the_native_kern
     x = torch.randn(40, 32, generator=g)
     with torch.no_grad():
         idx, w, scores = router(x)
-        monkeypatch.setattr(native, "router_select", lambda *a, **kw: None)
+        monkeypatch.setattr(kernels, "router_select", lambda *a, **kw: None)
         ref_idx, ref_w, ref_scores = router(x)
     order, ref_order = idx.argsort(-1), ref_idx.argsort(-1)  # torch's topk(sorted=False) order is its own
     assert torch.equal(idx.gather(1, order), ref_idx.gather(1, ref_order))
@@ -547,30 +547,30 @@ def test_loading_the_native_library_keeps_denormals(lib):
 
 def test_native_library_is_built_once_per_machine_and_reused(tmp_path, monkeypatch):
     monkeypatch.setenv("R1KIT_CACHE_DIR", str(tmp_path))
-    native.load.cache_clear()
+    library.load.cache_clear()
     try:
-        if native.load() is None:
+        if library.load() is None:
             pytest.skip("no C compiler for the native CPU kernels")
         libs = list((tmp_path / "kernels").glob("r1kit_cpu-*.so"))
         assert len(libs) == 1 and not list((tmp_path / "kernels").glob(".*"))  # no temporary file left behind
         stamp = libs[0].stat().st_mtime_ns
-        native.load.cache_clear()
-        assert native.load() is not None
+        library.load.cache_clear()
+        assert library.load() is not None
         assert libs[0].stat().st_mtime_ns == stamp  # loaded from the cache, not rebuilt
     finally:
-        native.load.cache_clear()
+        library.load.cache_clear()
 
 
 @pytest.mark.parametrize("compiler, message", [("no-such-cc", "no C compiler"), ("false", "failed")])
 def test_missing_or_failing_compiler_falls_back_to_pytorch_with_a_warning(tmp_path, monkeypatch, compiler, message):
-    import r1kit.models.grouped_experts as ge
+    import r1kit.ops.experts as ge
 
     monkeypatch.setenv("R1KIT_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("CC", compiler)
-    native.load.cache_clear()
+    library.load.cache_clear()
     try:
         with pytest.warns(RuntimeWarning, match=message):
-            assert native.load() is None
+            assert library.load() is None
         g = torch.Generator().manual_seed(3)
         x, idx, w = torch.randn(5, 16, generator=g), torch.randint(0, 4, (5, 2), generator=g), torch.rand(5, 2)
         gate_up, down = torch.randn(4, 8, 16, generator=g), torch.randn(4, 16, 4, generator=g)
@@ -578,25 +578,25 @@ def test_missing_or_failing_compiler_falls_back_to_pytorch_with_a_warning(tmp_pa
             out = ge.routed_swiglu(x, idx, w, gate_up, down)  # the PyTorch path
         torch.testing.assert_close(out.double(), experts_reference(x, idx, w, gate_up, down), rtol=1e-5, atol=1e-6)
     finally:
-        native.load.cache_clear()
+        library.load.cache_clear()
 
 
 def test_an_unusable_cache_directory_falls_back_with_a_warning(tmp_path, monkeypatch):
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("")
     monkeypatch.setenv("R1KIT_CACHE_DIR", str(not_a_dir))
-    native.load.cache_clear()
+    library.load.cache_clear()
     try:
         with pytest.warns(RuntimeWarning, match="failed"):
-            assert native.load() is None
+            assert library.load() is None
     finally:
-        native.load.cache_clear()
+        library.load.cache_clear()
 
 
 def test_a_flag_set_the_compiler_rejects_is_not_retried_once_another_built(tmp_path, monkeypatch):
     # a compiler without glibc's libmvec (macOS, musl): the first flag set fails, the second builds; the next
     # start finds that library without compiling anything
-    if native.load() is None:
+    if library.load() is None:
         pytest.skip("no C compiler for the native CPU kernels")
     import shutil
 
@@ -607,31 +607,31 @@ def test_a_flag_set_the_compiler_rejects_is_not_retried_once_another_built(tmp_p
     cc.chmod(0o755)
     monkeypatch.setenv("R1KIT_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("CC", str(cc))
-    native.load.cache_clear()
+    library.load.cache_clear()
     try:
-        assert native.load() is not None
+        assert library.load() is not None
         builds = [line for line in log.read_text().splitlines() if "--version" not in line]
         assert any("-lmvec" in line for line in builds) and any("-shared" in line and "-lmvec" not in line
                                                                  for line in builds)
         log.write_text("")
-        native.load.cache_clear()
-        assert native.load() is not None
+        library.load.cache_clear()
+        assert library.load() is not None
         assert all("--version" in line for line in log.read_text().splitlines())  # nothing compiled
     finally:
-        native.load.cache_clear()
+        library.load.cache_clear()
 
 
 def test_r1kit_native_0_switches_the_kernels_off(monkeypatch):
     monkeypatch.setenv("R1KIT_NATIVE", "0")
-    native.load.cache_clear()
+    library.load.cache_clear()
     try:
-        assert native.load() is None
+        assert library.load() is None
     finally:
-        native.load.cache_clear()
+        library.load.cache_clear()
 
 
 def shared_prefix_reference(q, k, v, valid, P, G, C, scale):
-    """float64, every prompt and every completion attended as its own sequence (attention.SharedPrefix's
+    """float64, every prompt and every completion attended as its own sequence (r1kit.ops.SharedPrefix's
     semantics): a prompt query sees the valid prompt keys up to itself (a padding query only itself), a completion
     query every valid prompt key and its own completion's keys up to itself. q/k/v [B, H, L, d] -> [B, H, L, dv]."""
     q, k, v = q.double(), k.double(), v.double()
@@ -672,7 +672,7 @@ def test_native_shared_prefix_attention_and_its_gradients_match_separate_sequenc
     go = torch.randn(B, H, L, dv, generator=g)
     torch.set_num_threads(threads)
     try:
-        out = attention.native_shared_prefix_attention(q, k, v, valid, (P, G, C), d ** -0.5)
+        out = train_kernels.shared_prefix_attention(q, k, v, valid, (P, G, C), d ** -0.5)
         grads = torch.autograd.grad(out, (q, k, wide), go)
     finally:
         torch.set_num_threads(2)
@@ -686,7 +686,7 @@ def test_native_shared_prefix_attention_and_its_gradients_match_separate_sequenc
 
 
 def test_shared_prefix_rows_attend_through_the_native_kernel_on_cpu(lib, monkeypatch):
-    from r1kit.models.attention import SharedPrefix
+    from r1kit.ops import SharedPrefix
 
     g = torch.Generator().manual_seed(1)
     P, G, C, H, d, dv = 6, 4, 9, 2, 48, 32          # deepseek_v3-small's head dims (v narrower than q/k)
@@ -696,20 +696,20 @@ def test_shared_prefix_rows_attend_through_the_native_kernel_on_cpu(lib, monkeyp
     q, k = (torch.randn(2, H, P + G * C, d, generator=g, requires_grad=True) for _ in range(2))
     v = torch.randn(2, H, P + G * C, dv, generator=g, requires_grad=True)
     calls = []
-    real = attention.native_shared_prefix_attention
-    monkeypatch.setattr(attention, "native_shared_prefix_attention", lambda *a: calls.append(1) or real(*a))
+    real = train_kernels.shared_prefix_attention
+    monkeypatch.setattr(train_kernels, "shared_prefix_attention", lambda *a: calls.append(1) or real(*a))
     got = layout.attend(q, k, v, 0.3)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 autocast: the same fp32 kernel on upcast inputs
         got_autocast = layout.attend(q.bfloat16(), k.bfloat16(), v.bfloat16(), 0.3)
     assert len(calls) == 2 and got_autocast.dtype == torch.float32
-    monkeypatch.setattr(attention, "native_shared_prefix_attention", lambda *a: None)  # torch's SDPA path
+    monkeypatch.setattr(train_kernels, "shared_prefix_attention", lambda *a: None)  # torch's SDPA path
     want = layout.attend(q, k, v, 0.3)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         want_autocast = layout.attend(q.bfloat16(), k.bfloat16(), v.bfloat16(), 0.3)
     assert torch.allclose(got, want, atol=1e-5)
     assert torch.allclose(got_autocast, want_autocast, atol=1e-5)
     go = torch.randn(got.shape, generator=g)
-    monkeypatch.setattr(attention, "native_shared_prefix_attention", real)
+    monkeypatch.setattr(train_kernels, "shared_prefix_attention", real)
     for a, b in zip(torch.autograd.grad(got, (q, k, v), go), torch.autograd.grad(want, (q, k, v), go)):
         assert torch.allclose(a, b, atol=1e-5)
     (gq,) = torch.autograd.grad(layout.attend(q, k, v, 0.3).pow(2).sum(), q, create_graph=True)
@@ -718,7 +718,7 @@ def test_shared_prefix_rows_attend_through_the_native_kernel_on_cpu(lib, monkeyp
 
 
 def test_native_shared_prefix_attention_declines_what_it_does_not_handle(lib):
-    attend = attention.native_shared_prefix_attention
+    attend = train_kernels.shared_prefix_attention
     valid = torch.ones(1, 2, dtype=torch.uint8)
     q = torch.randn(1, 2, 8, 32)
     assert attend(q, q, q, valid, (2, 2, 3), 1.0) is not None

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from r1kit.models.context import AttentionContext
-from r1kit.models import paged_attention
-from r1kit.models.paged_attention import BATCHED_MAX_NEW, gqa_paged_attention, mla_paged_attention
+from r1kit.ops import paged_attention
+from r1kit.ops.paged_attention import BATCHED_MAX_NEW, gqa_paged_attention, mla_paged_attention
 
 BLOCK = 4
 

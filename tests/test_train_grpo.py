@@ -47,7 +47,8 @@ def test_mean_reward_rises_on_a_toy_task(tiny_checkpoint, tmp_path):
 
 
 def test_engine_rollout_logprobs_equal_the_training_forward(tiny_checkpoint, monkeypatch):
-    from r1kit.models import native, weight_blocks
+    from r1kit.ops import frozen
+    from r1kit.ops.cpu import library, weight_blocks
     from r1kit.models.checkpoint import load_model
     from r1kit.tokenizer import load_tokenizer
     from r1kit.train.rollout import EngineRollout
@@ -64,8 +65,8 @@ def test_engine_rollout_logprobs_equal_the_training_forward(tiny_checkpoint, mon
     engine.wake()
     [group] = engine.generate([prompt_ids(tok, EXAMPLES[0], 64)], EXAMPLES[:1], [0], 4, [7], 12, 0.7, 1.0)
     engine.release_memory()
-    if native.load() is not None:  # the rollout decoded over blocked weights (experts, linears), dropped after it
-        assert blocked and all(blocked) and weight_blocks.current() is None
+    if library.load() is not None:  # the rollout decoded over blocked weights (experts, linears), dropped after it
+        assert blocked and all(blocked) and frozen.current() is None
     batch = pack_groups(group, 4, tok.pad_token_id, torch.device("cpu"))
     mask, old = batch.mask, batch.old_logprobs
     with torch.no_grad():

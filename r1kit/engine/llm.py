@@ -10,12 +10,14 @@ call `reset_prefix_cache()` (or `free_kv_cache()` during training, `allocate_kv_
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import time
 
 from torch import nn
 
+from r1kit import ops
 from r1kit.device import resolve_device, resolve_dtype
 from r1kit.engine.llm_engine import LLMEngine
 from r1kit.engine.outputs import RequestOutput
@@ -140,6 +142,14 @@ class LLM:
     def reset_prefix_cache(self) -> None:
         """Forget cached prompt KV: call after the model's weights changed."""
         self.engine.reset_prefix_cache()
+
+    @contextlib.contextmanager
+    def frozen_weights(self):
+        """A promise that the model's weights do not change inside (a GRPO rollout): generate() may then run over
+        faster derived copies of them, made on first use and dropped on exit (on CPU, column-blocked fp32 copies:
+        decode experts 1.9x and linears 1.7x faster; r1kit/ops/frozen.py). For this thread's calls only."""
+        with ops.frozen_weights():
+            yield
 
     def stats(self) -> dict:
         return self.engine.stats()

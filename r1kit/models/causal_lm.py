@@ -12,7 +12,7 @@ where a module fuses weights and says so through `hf_tensors(prefix)`.
 
 A decoder layer is called as `layer(h, rope, ctx, mask)` with h [B, T, D] (training) or [T, D] (engine), rope the
 (cos, sin) pair [..., T, rope_dim/2] and mask None (plain causal), a `Padding` (padded batch) or a
-`SharedPrefix` layout (packed GRPO groups); attention layers hand it to `r1kit.models.attention.attend`.
+`SharedPrefix` layout (packed GRPO groups); attention layers hand it to `r1kit.ops.attend`.
 """
 from __future__ import annotations
 
@@ -21,10 +21,10 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from r1kit.models.attention import Padding, SharedPrefix
 from r1kit.models.context import AttentionContext, KVCacheSpec
 from r1kit.models.hf_config import HFConfig
 from r1kit.models.layers import Linear, RMSNorm, RotaryEmbedding
+from r1kit.ops import Padding, SharedPrefix
 
 
 def padding_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -79,7 +79,7 @@ class CausalLM(nn.Module):
                 ) -> torch.Tensor:
         """See the module docstring. `attention_mask` [B, T] (1 = token): needed for left padding; with right
         padding it only keeps the padding out of MoE balance statistics. `positions` default to 0..T-1.
-        `shared_prefix` runs packed GRPO groups (r1kit/models/attention.py; pass their `positions` [B, T]).
+        `shared_prefix` runs packed GRPO groups (r1kit/ops/attention.py; pass their `positions` [B, T]).
         In the training path `logits_indices` is [N] (the same columns of every row) or [B, N] (per row)."""
         if ctx is not None:
             if input_ids.dim() != 1 or positions is None:

@@ -51,7 +51,7 @@ class AttentionContext:
     seq_lens_list: list[int]  # CPU copy of seq_lens
     block_size: int
     # per-step values derived from the fields above, built by the first attention layer and reused by the others
-    # (r1kit/models/paged_attention.py: the batched path's gather index and mask); never set it yourself
+    # (r1kit/ops/paged_attention.py: the batched path's gather index and mask); never set it yourself
     derived: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property

@@ -1,14 +1,14 @@
 """DeepSeek-V3 (the architecture of DeepSeek-R1): multi-head latent attention + DeepSeekMoE.
 
-Matches transformers' `DeepseekV3ForCausalLM` on the same weights (reference.md section 1):
+Matches transformers' `DeepseekV3ForCausalLM` on the same weights:
 - MLA: queries through a low-rank `q_a_proj -> q_a_layernorm -> q_b_proj` (or one `q_proj` when q_lora_rank is null);
   keys/values from the latent `c_kv = kv_a_layernorm(kv_a_proj_with_mqa(x)[:R])` expanded by `kv_b_proj`, plus ONE
   roped key `k_pe` shared by all heads (decoupled RoPE). Softmax scale (nope+rope)^-0.5 * mscale(factor,
-  mscale_all_dim)^2 under YaRN. The engine path caches only [c_kv, k_pe] and calls `mla_paged_attention`.
+  mscale_all_dim)^2 under YaRN. The engine path caches only [c_kv, k_pe] and calls `ops.mla_paged_attention`.
 - DeepSeekMoE: fp32 sigmoid router; `e_score_correction_bias` only for choosing experts; group-limited top-k;
-  weights = normalised unbiased scores * routed_scaling_factor; shared experts; the first `first_k_dense_replace`
-  layers are dense. Routed experts are stored stacked ([E, 2I, D] gate/up and [E, D, I] down) and computed grouped by
-  expert (tokens sorted by expert, one matmul per expert on a contiguous slice). Checkpoints keep the Hugging Face
+  weights = normalised unbiased scores * routed_scaling_factor (`ops.route`); shared experts; the first
+  `first_k_dense_replace` layers are dense. Routed experts are stored stacked ([E, 2I, D] gate/up and [E, D, I] down)
+  and computed by `ops.routed_swiglu` (tokens grouped by expert). Checkpoints keep the Hugging Face
   per-expert keys `mlp.experts.E.{gate,up,down}_proj.weight` through `hf_tensors`.
 
 Training-only balancing (both off in eval mode):
@@ -28,14 +28,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from r1kit import ops
 from r1kit.errors import UserError
-from r1kit.models import native
-from r1kit.models.attention import Padding, SharedPrefix, attend
 from r1kit.models.causal_lm import CausalLM
 from r1kit.models.context import AttentionContext
-from r1kit.models.grouped_experts import routed_swiglu
 from r1kit.models.hf_config import HFConfig
-from r1kit.models.layers import Linear, RMSNorm, SwiGLU, apply_rope, yarn_mscale
+from r1kit.models.layers import Linear, RMSNorm, SwiGLU, yarn_mscale
+from r1kit.ops import Padding, SharedPrefix
 
 
 @dataclass
@@ -114,24 +113,22 @@ class MLAttention(nn.Module):
         c_kv, k_pe = self.kv_a_proj_with_mqa(x).split([self.rank, self.rope], dim=-1)  # [..., R], [..., rope]
         c_kv = self.kv_a_layernorm(c_kv)
         cos, sin = rope  # [..., T, rope/2]
-        q_pe = apply_rope(q_pe, cos.unsqueeze(-2), sin.unsqueeze(-2), self.interleave)
-        k_pe = apply_rope(k_pe, cos, sin, self.interleave)
+        q_pe = ops.rope(q_pe, cos.unsqueeze(-2), sin.unsqueeze(-2), self.interleave)
+        k_pe = ops.rope(k_pe, cos, sin, self.interleave)
         if ctx is not None:
             return self.o_proj(self._paged(q_nope, q_pe, c_kv, k_pe, ctx).flatten(-2))
         kv = self.kv_b_proj(c_kv).view(*lead, self.h, self.nope + self.v)
         k_nope, v = kv.split([self.nope, self.v], dim=-1)  # [B, T, H, nope], [B, T, H, v]
         q = torch.cat((q_nope, q_pe), dim=-1)  # [B, T, H, nope+rope]
         k = torch.cat((k_nope, k_pe.unsqueeze(-2).expand(*lead, self.h, self.rope)), dim=-1)
-        o = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask, self.scale)  # [B, H, T, v]
+        o = ops.attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask, self.scale)  # [B, H, T, v]
         return self.o_proj(o.transpose(1, 2).flatten(2))
 
     def _paged(self, q_nope, q_pe, c_kv, k_pe, ctx: AttentionContext) -> torch.Tensor:
-        from r1kit.models.paged_attention import mla_paged_attention
-
         if self.kv_cache is None:
             raise RuntimeError("engine call without a KV cache: call model.bind_kv_cache(cache) first")
         w = self.kv_b_proj.weight.view(self.h, self.nope + self.v, self.rank)
-        return mla_paged_attention(q_nope, q_pe, c_kv, k_pe, self.kv_cache, ctx,
+        return ops.mla_paged_attention(q_nope, q_pe, c_kv, k_pe, self.kv_cache, ctx,
                                    w[:, :self.nope], w[:, self.nope:], self.scale)  # [T, H, v]
 
 
@@ -160,30 +157,9 @@ class Router(nn.Module):
         """x [N, D] -> expert ids [N, K], weights [N, K] (fp32), scores [N, E] (fp32, unbiased)."""
         with torch.autocast(x.device.type, enabled=False):  # routing stays fp32 under bf16 autocast too
             scores = F.linear(x.float(), self.weight.float()).sigmoid()  # [N, E]
-        # on CPU the selection is one C call (native.py; exact ties go to the lowest expert id, where torch.topk
-        # orders them its own way), in inference and training alike: a rollout and the training forward over the
-        # same weights pick the same experts. With gradients the weights are then gathered from the scores.
-        idx = None
-        if scores.device.type == "cpu":
-            chosen = native.router_select(scores.detach(), self.e_score_correction_bias, self.k, self.groups,
-                                          self.topk_groups, self.norm, self.scaling)
-            if chosen is not None:
-                if not (torch.is_grad_enabled() and scores.requires_grad):
-                    return chosen[0], chosen[1], scores
-                idx = chosen[0]
-        if idx is None:
-            choice = scores + self.e_score_correction_bias
-            if self.topk_groups < self.groups:
-                grouped = choice.view(-1, self.groups, self.e // self.groups)  # [N, G, E/G]
-                group_scores = grouped.topk(2, dim=-1)[0].sum(dim=-1)  # [N, G]
-                keep = torch.topk(group_scores, k=self.topk_groups, dim=-1, sorted=False)[1]
-                group_mask = torch.zeros_like(group_scores).scatter_(1, keep, 1).bool()  # [N, G]
-                choice = grouped.masked_fill(~group_mask[..., None], float("-inf")).view(-1, self.e)
-            idx = torch.topk(choice, k=self.k, dim=-1, sorted=False)[1]  # [N, K]
-        w = scores.gather(1, idx)
-        if self.norm:
-            w = w / (w.sum(dim=-1, keepdim=True) + 1e-20)
-        return idx, w * self.scaling, scores
+        idx, w = ops.route(scores, self.e_score_correction_bias, self.k, self.groups, self.topk_groups, self.norm,
+                           self.scaling)
+        return idx, w, scores
 
 
 class Experts(nn.Module):
@@ -197,7 +173,7 @@ class Experts(nn.Module):
 
     def forward(self, x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """x [N, D], idx/w [N, K] -> sum_k w[n,k] * expert_{idx[n,k]}(x[n])  [N, D]."""
-        return routed_swiglu(x, idx, w, self.gate_up, self.down)
+        return ops.routed_swiglu(x, idx, w, self.gate_up, self.down)
 
     def hf_tensors(self, prefix: str) -> dict[str, torch.Tensor]:
         out = {}

@@ -1,12 +1,9 @@
-"""Building blocks shared by every architecture: Linear (nn.Linear with a rollout fast path), RMSNorm, rotary
-embeddings (default / linear / YaRN / llama3), the SwiGLU MLP and random initialisation.
+"""Building blocks shared by every architecture: Linear, RMSNorm, rotary embeddings (default / linear / YaRN /
+llama3), the SwiGLU MLP and random initialisation. The computations are r1kit.ops calls (linear, rms_norm, rope).
 
 Numerics follow Hugging Face transformers 5.x so that r1kit and transformers produce the same logits on the same
-weights: RMSNorm in fp32, cos/sin computed in fp32 and scaled by the rope "attention factor", and two rotary layouts:
-
-    rope_interleave=False (Llama/Qwen):       rotate the halves (x[:d/2], x[d/2:])
-    rope_interleave=True  (DeepSeek weights): rotate the pairs (x[0::2], x[1::2]); the result is written in the
-                                              half layout, which changes nothing since q and k get the same one.
+weights: RMSNorm in fp32, cos/sin computed in fp32 and scaled by the rope "attention factor", and the two rotary
+layouts of r1kit/ops/rope.py (`rope_interleave`: halves for Llama/Qwen, pairs for DeepSeek's weights).
 
 Modules whose parameters are stored differently from the Hugging Face checkpoint (here the fused gate/up weight of
 `SwiGLU`) define `hf_tensors(prefix) -> {hf_key: view}`; `r1kit.models.checkpoint` uses it to load and save.
@@ -20,19 +17,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from r1kit.models import native, weight_blocks
+from r1kit import ops
 
 
 class Linear(nn.Linear):
-    """nn.Linear that, inside a weight_blocks.scope() (a GRPO rollout: weights that hold still), runs CPU fp32
-    products without autograd over a column-blocked copy of its weight (csrc/blocked_linear.c, 1.7x MKL at decode
-    sizes). Elsewhere exactly nn.Linear."""
+    """nn.Linear through ops.linear (inside ops.frozen_weights() a backend may run it over a faster copy of the
+    weight)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = weight_blocks.linear(x, self.weight)
-        if out is None:
-            return F.linear(x, self.weight, self.bias)
-        return out if self.bias is None else out.add_(self.bias)
+        return ops.linear(x, self.weight, self.bias)
 
 
 class RMSNorm(nn.Module):
@@ -42,17 +35,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:  # one fused op
-            if x.device.type == "cpu":  # one C call forward (and one backward) instead of torch's composite ops
-                if torch.is_grad_enabled():
-                    out = native.rms_norm_train(x, self.weight, self.eps)
-                else:
-                    out = native.rms_norm(x, self.weight, self.eps)
-                if out is not None:
-                    return out
-            return F.rms_norm(x, (x.shape[-1],), self.weight, eps=self.eps)
-        # Normalise in fp32, scale in the input dtype (as transformers does).
-        return self.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
+        return ops.rms_norm(x, self.weight, self.eps)
 
 
 def yarn_mscale(factor: float, mscale: float = 1.0) -> float:
@@ -127,19 +110,6 @@ class RotaryEmbedding:
             inv = self._on[positions.device] = self.inv_freq.to(positions.device)
         freqs = positions[..., None].float() * inv
         return (freqs.cos() * self.attention_factor).to(dtype), (freqs.sin() * self.attention_factor).to(dtype)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleave: bool) -> torch.Tensor:
-    """x [..., d], cos/sin broadcastable to [..., d/2] -> roped x [..., d] (half layout, see module docstring)."""
-    if x.device.type == "cpu" and not torch.is_grad_enabled():  # the engine: one C call (native.py)
-        out = native.rope(x, cos, sin, interleave)
-        if out is not None:
-            return out
-    if interleave:
-        x1, x2 = x[..., 0::2], x[..., 1::2]
-    else:
-        x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
 class SwiGLU(nn.Module):

@@ -3,7 +3,7 @@
 Same numerics as transformers' LlamaForCausalLM / Qwen2ForCausalLM / Qwen3ForCausalLM. q/k/v are fused into one
 `qkv_proj` ([Hq*d; Hkv*d; Hkv*d] rows) and gate/up into one matmul; `hf_tensors` maps them back to the checkpoint's
 q_proj/k_proj/v_proj keys. The engine path caches K and V per token as [2, Hkv, head_dim] and calls
-`gqa_paged_attention`. Tied embeddings (`tie_word_embeddings`, used by the small Qwen models) share one tensor.
+`ops.gqa_paged_attention`. Tied embeddings (`tie_word_embeddings`, used by the small Qwen models) share one tensor.
 """
 from __future__ import annotations
 
@@ -12,12 +12,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from r1kit import ops
 from r1kit.errors import UserError
-from r1kit.models.attention import Padding, SharedPrefix, attend
 from r1kit.models.causal_lm import CausalLM
 from r1kit.models.context import AttentionContext
 from r1kit.models.hf_config import HFConfig
-from r1kit.models.layers import Linear, RMSNorm, SwiGLU, apply_rope
+from r1kit.models.layers import Linear, RMSNorm, SwiGLU
+from r1kit.ops import Padding, SharedPrefix
 
 
 @dataclass
@@ -101,18 +102,16 @@ class GQAttention(nn.Module):
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         cos, sin = rope[0].unsqueeze(-2), rope[1].unsqueeze(-2)  # [..., T, 1, d/2]
-        q, k = apply_rope(q, cos, sin, False), apply_rope(k, cos, sin, False)  # [..., Hq, d], [..., Hkv, d]
+        q, k = ops.rope(q, cos, sin, False), ops.rope(k, cos, sin, False)  # [..., Hq, d], [..., Hkv, d]
         if ctx is not None:
-            from r1kit.models.paged_attention import gqa_paged_attention
-
             if self.kv_cache is None:
                 raise RuntimeError("engine call without a KV cache: call model.bind_kv_cache(cache) first")
-            return self.o_proj(gqa_paged_attention(q, k, v, self.kv_cache, ctx, self.scale).flatten(-2))
+            return self.o_proj(ops.gqa_paged_attention(q, k, v, self.kv_cache, ctx, self.scale).flatten(-2))
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, d]
         if self.hkv != self.hq:
             k = k.repeat_interleave(self.hq // self.hkv, dim=1)
             v = v.repeat_interleave(self.hq // self.hkv, dim=1)
-        o = attend(q, k, v, mask, self.scale)  # [B, Hq, T, d]
+        o = ops.attend(q, k, v, mask, self.scale)  # [B, Hq, T, d]
         return self.o_proj(o.transpose(1, 2).flatten(2))  # [B, T, D]
 
     def hf_tensors(self, prefix: str) -> dict[str, torch.Tensor]:

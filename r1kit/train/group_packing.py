@@ -2,7 +2,7 @@
 once per completion.
 
 A row holds one prompt (left-padded to the longest prompt of the micro-batch, P) followed by `row_size`
-completions of it, each right-padded to the longest completion, C (layout and attention: r1kit/models/attention.py).
+completions of it, each right-padded to the longest completion, C (layout and attention: r1kit/ops/attention.py).
 Logits are computed only where a completion token is predicted: the prompt's last token predicts every
 completion's first token, completion token c - 1 predicts token c. Everything the loss needs comes out on a
 [num_completions, C] grid (targets, loss mask, rollout logprobs), in the order of the samples given.
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from r1kit.models.attention import SharedPrefix
+from r1kit.ops import SharedPrefix
 from r1kit.train.losses import token_logprobs
 
 

@@ -15,8 +15,6 @@ from typing import Any
 
 import torch
 
-from r1kit.models import weight_blocks
-
 
 @dataclass
 class Sample:
@@ -60,7 +58,7 @@ class EngineRollout:
         was_training = self.policy.training
         self.policy.eval()                       # no MoE load counting / dropout during rollouts
         try:
-            with weight_blocks.scope():  # the weights hold still for the rollout: blocked copies for decode
+            with self.llm.frozen_weights():  # the weights hold still for the rollout: the engine's fast path
                 outputs = self.llm.generate(prompts, params, use_tqdm=False)
         finally:
             self.policy.train(was_training)

@@ -1,4 +1,4 @@
-/* Paged decode attention on CPU: the batched path of r1kit.models.paged_attention for both cache layouts, over an
+/* Paged decode attention on CPU: the batched path of r1kit/ops/paged_attention.py for both cache layouts, over an
  * fp32 or a bf16 cache (a bf16 model's; widened to fp32 as it loads), with fp32 queries, softmax and outputs.
  *
  * Each row (a decode token) attends with its query heads over the first lens[row] tokens of its sequence, whose K/V
@@ -15,6 +15,7 @@
  * cache-sized scratch. (row, kv head) items are spread over the threads (OpenMP).
  */
 #include "dots.h"
+#include "kernels.h"
 
 /* Paged attention of one sequence's query heads: softmax(scale * q . key_j) over its first len tokens, then
  * out[hh] = sum_j p[hh, j] * value_j. Token j lives in block table[j / bs] at offset j % bs of a cache whose tokens

@@ -1,4 +1,5 @@
-"""Attention over a paged KV cache: the two kernels the model layers call when the engine passes an AttentionContext.
+"""mla_paged_attention, gqa_paged_attention: attention over a paged KV cache, what the model layers call when the
+engine passes an AttentionContext.
 
 Both functions first write the new tokens' keys/values into the cache at `ctx.slot_mapping`, then attend causally
 over each sequence's whole context (cached prefix + new tokens); see r1kit/models/context.py for the layout.
@@ -7,16 +8,17 @@ Two paths:
 - batched (decode: a sequence bringing one new token; also short chunks of at most BATCHED_MAX_NEW tokens, each
   token a row of its own with its causal context length): all such rows are batched. Their blocks are gathered
   through `block_tables` into one [N, L_max, ...] tensor, keys past each row's length are masked, and one
-  batched attention runs over it (GQA: a fused SDPA call on strided K/V views, query heads grouped by kv head; MLA: two batched
-  matmuls over the latent); softmax runs in fp32. On CPU with an fp32 cache the batched rows instead go to the C
-  kernel of csrc/paged_decode.c (r1kit/models/native.py), which reads each row's blocks in place: no padded
-  copy, no mask. The gather index and the mask are the same in every layer: the
-  first layer builds them and keeps them in `ctx.derived`.
+  batched attention runs over it (GQA: a fused SDPA call on strided K/V views, query heads grouped by kv head; MLA:
+  two batched matmuls over the latent); softmax runs in fp32. This batched core is an op of its own ("mla_decode",
+  "gqa_decode"): the above is its torch reference, and the cpu backend runs the C kernel of
+  r1kit/ops/cpu/csrc/paged_decode.c instead, which reads each row's blocks in place: no padded copy, no mask. The
+  plan (which rows, their block tables, lengths and mask) is the same in every layer: the first layer builds it and
+  keeps it in `ctx.derived`.
 - prefill / chunked prefill (more new tokens): one scaled_dot_product_attention per sequence, with the causal
   diagonal shifted by the cached prefix length.
 A mixed step (decode tokens and prefill chunks together) uses both.
 
-MLA (reference.md section 1): the cache holds only the latent [c_kv | k_pe] (kv_lora_rank + rope values per token).
+MLA: the cache holds only the latent [c_kv | k_pe] (kv_lora_rank + rope values per token).
 Decode uses weight absorption: q_nope is folded through W_UK into the latent space, attention runs over the
 576-wide latent like multi-query attention, and W_UV maps the latent output to per-head values -- per-head K/V of
 cached tokens are never built. Prefill decompresses the context with W_UK / W_UV (compute-bound, fewer FLOPs for
@@ -28,12 +30,15 @@ from uninitialised memory would poison them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-from r1kit.models import native
-from r1kit.models.context import AttentionContext
+from r1kit.ops import dispatch
+
+if TYPE_CHECKING:  # the engine's step metadata (the ops do not depend on the model package)
+    from r1kit.models.context import AttentionContext
 
 
 BATCHED_MAX_NEW = 8  # chunks of at most this many new tokens may take the batched path, one row per token
@@ -41,7 +46,7 @@ BATCHED_MIN_KEYS = 1 << 18  # ... as long as the padded gather stays within 2x t
 
 
 @dataclass
-class _Plan:
+class Plan:
     """How one step's flat batch splits into the two paths; the same for every layer, so built once per step.
 
     The batched path has one row per query token: token i of a sequence with n new tokens and context length
@@ -57,7 +62,7 @@ class _Plan:
     bias: dict  # dtype -> [N, 1, nblk * block_size] additive mask (0 / -inf)
 
 
-def _plan(ctx: AttentionContext, device) -> _Plan:
+def _plan(ctx: AttentionContext, device) -> Plan:
     plan = ctx.derived.get("paged_plan")
     if plan is not None:
         return plan
@@ -95,12 +100,12 @@ def _plan(ctx: AttentionContext, device) -> _Plan:
         if len(row_ids) != s:
             rows = torch.tensor(row_ids, device=device)
         mask = torch.arange(nblk * bs, device=device)[None, :] < lens[:, None]  # [N, L]
-    plan = _Plan(pre, starts, rows, tables, lens, mask, {})
+    plan = Plan(pre, starts, rows, tables, lens, mask, {})
     ctx.derived["paged_plan"] = plan
     return plan
 
 
-def _bias(plan: _Plan, dtype: torch.dtype) -> torch.Tensor:
+def _bias(plan: Plan, dtype: torch.dtype) -> torch.Tensor:
     """The batched rows' mask as an additive bias [N, 1, L] in `dtype` (0 for visible keys, -inf otherwise)."""
     if dtype not in plan.bias:
         m = plan.mask[:, None, :]
@@ -108,7 +113,7 @@ def _bias(plan: _Plan, dtype: torch.dtype) -> torch.Tensor:
     return plan.bias[dtype]
 
 
-def _gather(cache: torch.Tensor, plan: _Plan) -> torch.Tensor:
+def _gather(cache: torch.Tensor, plan: Plan) -> torch.Tensor:
     """Each batched row's context as one padded tensor [N, L_max, *token_shape] (one index_select: whole blocks
     are copied, several times faster on CPU than advanced indexing)."""
     N, L = plan.mask.shape
@@ -146,9 +151,32 @@ def _place(out: torch.Tensor, o: torch.Tensor, rows: torch.Tensor | None) -> tor
     return out
 
 
+@dispatch.register("gqa_decode", "torch")
+def _gqa_decode_reference(q: torch.Tensor, cache: torch.Tensor, plan: Plan, scale: float) -> torch.Tensor:
+    """The batched rows: q [N, Hq, D] (the cache's dtype), cache [num_blocks, block_size, 2, Hkv, D] -> [N, Hkv,
+    Hq/Hkv, D]: one fused SDPA call over the gathered context (softmax accumulated in fp32, strided K/V views)."""
+    n, hq, d = q.shape
+    kv = _gather(cache, plan)  # [N, L, 2, Hkv, D]: the one copy of the cached K/V
+    kk, vv = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)  # [N, Hkv, L, D] strided views
+    qg = q.view(n, kk.shape[1], hq // kk.shape[1], d)  # query heads grouped by their kv head
+    return F.scaled_dot_product_attention(qg, kk, vv, attn_mask=plan.mask[:, None, None, :], scale=scale)
+
+
+@dispatch.register("mla_decode", "torch")
+def _mla_decode_reference(q: torch.Tensor, cache: torch.Tensor, plan: Plan, r: int, scale: float) -> torch.Tensor:
+    """The batched rows: absorbed queries q [N, H, R + rope] (the cache's dtype), cache [num_blocks, block_size,
+    R + rope] -> [N, H, R]: multi-query attention over the gathered latents, the first R values of each the value."""
+    latent = _gather(cache, plan)  # [N, L, R + rope]
+    # scale and padding mask fused into the matmul: [N, H, L]
+    scores = torch.baddbmm(_bias(plan, cache.dtype), q, latent.transpose(1, 2), alpha=scale)
+    probs = torch.softmax(scores.float(), dim=-1).to(latent.dtype)
+    return torch.bmm(probs, latent[:, :, :r])
+
+
 def gqa_paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: torch.Tensor,
                         ctx: AttentionContext, scale: float) -> torch.Tensor:
-    """Grouped-query attention. q [T, Hq, D], k/v [T, Hkv, D], cache [num_blocks, block_size, 2, Hkv, D] -> [T, Hq, D]."""
+    """Grouped-query attention. q [T, Hq, D], k/v [T, Hkv, D], cache [num_blocks, block_size, 2, Hkv, D]
+    -> [T, Hq, D]."""
     T, Hq, D = q.shape
     Hkv = k.shape[1]
     group = Hq // Hkv
@@ -159,13 +187,7 @@ def gqa_paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache
     pre, starts, rows = plan.pre, plan.starts, plan.rows
     if plan.mask is not None:
         qd = (q if rows is None else q[rows]).to(cache.dtype)  # [N, Hq, D]
-        o = native.gqa_decode(qd, cache, plan.tables, plan.lens, scale)  # in place through the tables
-        if o is None:
-            kv = _gather(cache, plan)  # [N, L, 2, Hkv, D]: the one copy of the cached K/V
-            kk, vv = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)  # [N, Hkv, L, D] strided views
-            qg = qd.view(qd.shape[0], Hkv, group, D)  # query heads grouped by their kv head
-            # one batched attention (fused kernel: softmax accumulated in fp32, strided K/V read without a copy)
-            o = F.scaled_dot_product_attention(qg, kk, vv, attn_mask=plan.mask[:, None, None, :], scale=scale)
+        o = dispatch.call("gqa_decode", qd, cache, plan, scale)
         out = _place(out, o.reshape(qd.shape[0], Hq, -1).to(q.dtype), rows)
     for b in pre:
         s, n, seq_len = starts[b], ctx.query_lens[b], ctx.seq_lens_list[b]
@@ -201,13 +223,7 @@ def mla_paged_attention(q_nope: torch.Tensor, q_pe: torch.Tensor, c_kv: torch.Te
         # head-major batched matmuls ([H, N, .] views, no copies): absorb W_UK, then [q_lat | q_pe]
         q_lat = torch.bmm(qn.transpose(0, 1), w_uk)  # [H, N, R]
         q_full = torch.cat([q_lat, qp.transpose(0, 1)], dim=-1).to(cache.dtype).transpose(0, 1)  # [N, H, R + rope]
-        o_lat = native.mla_decode(q_full, cache, plan.tables, plan.lens, R, scale)  # in place through the tables
-        if o_lat is None:
-            latent = _gather(cache, plan)  # [N, L, R + rope]
-            # MQA over the latent; scale and padding mask fused into the matmul: [N, H, L]
-            scores = torch.baddbmm(_bias(plan, cache.dtype), q_full, latent.transpose(1, 2), alpha=scale)
-            probs = torch.softmax(scores.float(), dim=-1).to(latent.dtype)
-            o_lat = torch.bmm(probs, latent[:, :, :R])  # [N, H, R]
+        o_lat = dispatch.call("mla_decode", q_full, cache, plan, R, scale)  # [N, H, R]
         o = torch.bmm(o_lat.transpose(0, 1).to(w_uv.dtype), w_uv.transpose(1, 2))  # absorb W_UV: [H, N, v]
         out = _place(out, o.transpose(0, 1).to(q_nope.dtype), rows)  # [N, H, v] rows of out
     for b in pre:

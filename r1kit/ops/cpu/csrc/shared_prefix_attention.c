@@ -1,6 +1,6 @@
 /* Training attention over GRPO's shared-prefix rows on CPU, fp32: forward and backward.
  *
- * Layout and semantics: r1kit/models/attention.py (SharedPrefix). A row of batch b holds a prompt of P tokens (left
+ * Layout and semantics: r1kit/ops/attention.py (SharedPrefix). A row of batch b holds a prompt of P tokens (left
  * padding marked by valid[b, :]) followed by G completions of C tokens. Prompt query i attends to prompt keys
  * j <= i that are valid (a padding query to itself only); completion query i of completion g attends to every valid
  * prompt key and to keys 0..i of its own completion.
@@ -18,6 +18,7 @@
  * dims (d for q/k, dv for v) must be multiples of 16 (the Python side checks and otherwise uses torch).
  */
 #include "dots.h"
+#include "kernels.h"
 
 #define BLK 8           /* query rows per causal block: a block computes keys up to its last query */
 #define NEG_BIG (-1e30f) /* masked score: exp underflows to 0 (no infinities under -ffast-math) */

@@ -12,6 +12,8 @@
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+
+#include "kernels.h"
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -68,7 +70,7 @@ void rms_norm_bwd_f32(const float *x, const float *w, const float *rstd, const f
     }
 }
 
-/* Rotary embedding in the half layout (r1kit/models/layers.py apply_rope) for x [t, h, d] with rows x_st floats
+/* Rotary embedding in the half layout (r1kit/ops/rope.py) for x [t, h, d] with rows x_st floats
  * apart per token and x_sh per head, cos/sin [t, d/2] contiguous: out [t, h, d] contiguous,
  *   out[:d/2] = x1 * cos - x2 * sin, out[d/2:] = x2 * cos + x1 * sin,
  * with (x1, x2) the even and odd elements when interleave, else the two halves. */

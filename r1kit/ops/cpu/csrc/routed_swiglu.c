@@ -1,6 +1,6 @@
 /* Routed SwiGLU experts for decode-sized batches on CPU, inference only: fp32 arithmetic over fp32 or bf16 weights.
  *
- * Same contract as r1kit.models.grouped_experts.routed_swiglu (see its docstring):
+ * Same contract as r1kit.ops.experts.routed_swiglu (see its docstring):
  *   out[n] = sum_k w[n,k] * down[e] @ (silu(gate_up[e, :I] @ x[n]) * (gate_up[e, I:] @ x[n])),  e = idx[n,k]
  *
  * Why C: in a decode step each expert gets a handful of rows, so the work per expert is two tiny matmuls. Run from
@@ -10,10 +10,11 @@
  * (gate_up [E, 2I, D], down [E, D, I], rows contiguous), so every output element is a dot product along a
  * contiguous row: the live policy weights are used as they are, nothing is repacked.
  *
- * Built on first use by r1kit/models/native.py with the system C compiler (-O3 -march=native -fopenmp); vectors
+ * Built on first use by r1kit/ops/cpu/library.py with the system C compiler (-O3 -march=native -fopenmp); vectors
  * are GCC/Clang vector extensions, lowered to AVX-512, AVX2 or NEON by the compiler.
  */
 #include "dots.h"
+#include "kernels.h"
 
 #define MAX_TILE 64  /* most rows per work item (the tile argument is clamped to it) */
 
@@ -74,7 +75,7 @@ enum { W_F32, W_BF16, W_BLOCKED };
  * outputs 32 jb .. 32 jb + 31, input-major): an item gathers its tokens' rows and runs two register-blocked products
  * (dots.h's gemm) that stream each block front to back: no lane sums, and a layout the hardware prefetcher follows.
  * Half the time of W_F32 for 64 tokens on the small preset, seven layers' weights cycling; the blocks are a
- * transposed copy of the weights (r1kit/models/weight_blocks.py).
+ * transposed copy of the weights (r1kit/ops/cpu/weight_blocks.py).
  * Returns 0, or -1 when an expert id is out of range or memory runs out (out is then not written). */
 static inline __attribute__((always_inline)) int routed_swiglu(const int layout, const float *x, const int64_t *idx,
                                                               const float *w, const void *gate_up, const void *down,

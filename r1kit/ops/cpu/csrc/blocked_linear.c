@@ -5,9 +5,10 @@
  * cache have pushed the layer's weights out of cache (its [out, in] weight is walked against the grain). A copy in
  * column blocks (wb [ceil(n/32), k, 32]: block j holds outputs 32j..32j+31, input-major, the last zero-padded) is
  * streamed front to back by dots.h's register-blocked gemm: 1.3-2.5x MKL at these sizes. The copy is made once per
- * rollout (r1kit/models/weight_blocks.py). Work items are (column block, chunk of 32 rows), spread over the threads.
+ * rollout (r1kit/ops/cpu/weight_blocks.py). Work items are (column block, chunk of 32 rows), spread over the threads.
  */
 #include "dots.h"
+#include "kernels.h"
 
 /* out [m, n] = x [m, k] (contiguous rows) @ W^T, W given as wb */
 void linear_blocked_f32(const float *x, const float *wb, float *out, int64_t m, int64_t n, int64_t k, int threads) {

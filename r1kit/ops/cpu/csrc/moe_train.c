@@ -1,4 +1,4 @@
-/* The memory-bound steps around the routed experts' matmuls in training (grouped_experts._RoutedSwiGLU), CPU fp32.
+/* The memory-bound steps around the routed experts' matmuls in training (r1kit/ops/experts.py), CPU fp32.
  *
  * A training forward of the routed experts sorts the N*K (token, slot) pairs by expert, gathers x's rows in that
  * order, runs two matmuls per expert (torch / MKL), applies the SwiGLU activation and sums each token's K output
@@ -9,6 +9,7 @@
  * summation order: results do not depend on the thread count).
  */
 #include "dots.h"
+#include "kernels.h"
 
 /* Stable counting sort of the expert ids idx[m] (values in [0, e)): order[r] = the pair in sorted row r, pos[p] =
  * the sorted row of pair p (order's inverse), counts[e]. Returns -1 on an id out of range or no memory. */

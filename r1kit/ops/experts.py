@@ -1,32 +1,25 @@
-"""Routed SwiGLU experts: the compute kernel of DeepSeekMoE, forward and backward written out by hand.
+"""routed_swiglu: the routed SwiGLU experts of DeepSeekMoE, forward and backward written out by hand.
 
     routed_swiglu(x [N, D], idx [N, K], w [N, K], gate_up [E, 2I, D], down [E, D, I]) -> [N, D]
     out[n] = sum_k w[n, k] * down[e] @ (silu(gate_up[e, :I] @ x[n]) * (gate_up[e, I:] @ x[n])),  e = idx[n, k]
 
-Three formulations:
+The torch reference has two formulations:
 - grouped (training, prefill): the N*K (token, slot) rows are sorted by expert, so each expert is two matmuls on a
   contiguous slice written straight into preallocated outputs, and the activation runs once over all rows. The
   permutation lives inside the autograd function, so each direction is one gather (x's rows by `order // K`; the
-  output gradient's in the backward), one activation pass and one sum of each token's K rows: the "glue", as torch
-  ops (`_TorchGlue`, any device and dtype) or, on CPU in fp32, as C passes (`_NativeGlue`, csrc/moe_train.c: a
-  counting sort and threaded one-pass gathers, activation and sums: 3-4% faster experts forward + backward at GRPO
-  training size, ~1% of the training phase; the glue is memory-bound). silu(gate) is recomputed in the backward
-  rather than saved. Weight gradients are written expert by expert into uninitialised stacked tensors (only experts
-  without rows are zeroed). Compared with plain autograd over a Python loop of per-expert `F.linear` calls this
-  avoids ~10 autograd nodes per expert, a cat and a stack; compared with autograd's `x[token]` it avoids the slow
-  accumulating index_put_.
-- native (CPU, fp32, no gradients, a few rows per expert: decode): the C kernel of csrc/routed_swiglu.c
-  (r1kit/models/native.py builds it on first use), which spreads (expert, row tile) items over the threads instead
-  of forking and joining for each tiny matmul: 1.3-2.8x faster than the two below at decode sizes on a 2-core CPU;
-  in GRPO rollouts it reads column-blocked copies of the weights (r1kit/models/weight_blocks.py), ~2x faster again.
-  Used when it is available and the experts average at most NATIVE_MAX_ROWS_PER_EXPERT rows.
+  output gradient's in the backward), one activation pass and one sum of each token's K rows: the "glue", here as
+  torch ops (`TorchGlue`, any device and dtype; a backend may supply its own, as the cpu backend does in C).
+  silu(gate) is recomputed in the backward rather than saved. Weight gradients are written expert by expert into
+  uninitialised stacked tensors (only experts without rows are zeroed). Compared with plain autograd over a Python
+  loop of per-expert `F.linear` calls this avoids ~10 autograd nodes per expert, a cat and a stack; compared with
+  autograd's `x[token]` it avoids the slow accumulating index_put_.
 - padded (decode-sized batches without gradients): with a handful of rows per expert a per-expert matmul costs
   more in call and threading overhead than in FLOPs, so the rows are copied into [E, cap, D] (cap = the most rows
   any expert has, zero padding) and each projection is one torch.bmm over the stacked weights.
 The routing weight is applied to the [rows, I] activation rather than the [rows, D] output: the same product, less
 memory traffic (I < D for fine-grained experts). K outputs are summed in fp32 for half-precision inputs.
-Under autocast the grouped and padded formulations run in the autocast dtype (like F.linear would): x and the
-expert weights are cast on entry (the native one is fp32-only and steps aside).
+Under autocast both run in the autocast dtype (like F.linear would): x and the expert weights are cast on entry.
+The cpu backend (r1kit/ops/cpu/backend.py) adds a C kernel for decode-sized batches and the C glue for training.
 """
 from __future__ import annotations
 
@@ -34,17 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from r1kit.models import native, weight_blocks
+from r1kit.ops import dispatch
 
-# The C kernel runs (without gradients, on CPU) while the experts average at most this many rows: beyond that,
-# MKL's matmuls on an expert's contiguous rows use its weights better. Measured on a 2-core CPU against the torch
-# path: 64 experts of width 64 (the small preset): 1.1-1.9x faster up to 32 rows (1.4x at 64, 0.8x at 256);
-# 16 experts of width 256: 1.7x at 4 rows, on par at 16-32, 0.8x from 128.
-NATIVE_MAX_ROWS_PER_EXPERT = 32
 # Without gradients the padded formulation runs when no expert has more than PADDED_MAX_ROWS rows and the padded
-# batch [E, cap] holds at most PADDED_MAX_WASTE times the real rows (measured on a 2-core CPU, see
-# bench/moe_decode.py: with two threads a per-expert mm of a few rows costs more in threading and call overhead
-# than in FLOPs; with mostly-empty experts the padded bmm would compute and read weights for nothing).
+# batch [E, cap] holds at most PADDED_MAX_WASTE times the real rows. Measured on a 2-core CPU (bench/moe_decode.py:
+# with two threads a per-expert mm of a few rows costs more in threading and call overhead than in FLOPs; with
+# mostly-empty experts the padded bmm would compute and read weights for nothing); on a GPU, where the per-expert
+# loop costs kernel launches, the same limits apply until someone measures better ones.
 PADDED_MAX_ROWS = 64
 PADDED_MAX_WASTE = 4
 # bf16/fp16 matmuls on CPU go through oneDNN, which JIT-builds a kernel for every new (M, K, N) and caches it: with
@@ -71,7 +60,7 @@ def _zero_missing(t: torch.Tensor, counts: list[int]) -> torch.Tensor:
     return t
 
 
-class _TorchGlue:
+class TorchGlue:
     """The permutation and activation steps around the matmuls, as torch ops (any device and dtype), in the
     layout of `_aligned_layout` (each expert's rows padded to a multiple of `align`: bf16 on CPU)."""
 
@@ -113,28 +102,6 @@ class _TorchGlue:
     def token_sums(self, rows: torch.Tensor) -> torch.Tensor:
         """[M, D] laid-out rows -> [N, D] per-token sums (padding rows go to a dropped row N)."""
         return _sum_rows(rows, self.token, self.n if self.pos is None else self.n + 1)[:self.n]
-
-
-class _NativeGlue:
-    """The same steps in C (csrc/moe_train.c; CPU fp32, no alignment), with the expert order from a counting sort:
-    one threaded pass each where the torch ops above sort, gather single-threaded, and make three elementwise
-    passes over strided halves. order [M]: the (token, slot) pair of each sorted row; inverse [N*K]: the sorted row
-    of each pair."""
-
-    def __init__(self, order: torch.Tensor, inverse: torch.Tensor, k: int, n: int):
-        self.order, self.inverse, self.k, self.n = order, inverse, k, n
-
-    def gather(self, t: torch.Tensor) -> torch.Tensor:
-        return native.gather_rows(t, self.order, self.k)
-
-    def activation(self, h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        return native.swiglu(h, w, self.order)
-
-    def activation_backward(self, h: torch.Tensor, w: torch.Tensor, d_act_w: torch.Tensor, need_dw: bool):
-        return native.swiglu_backward(h, w, self.order, d_act_w)
-
-    def token_sums(self, rows: torch.Tensor) -> torch.Tensor:
-        return native.token_sums(rows, self.inverse, self.n, self.k)
 
 
 def _aligned_layout(order: torch.Tensor, counts: list[int], align: int, k: int):
@@ -239,34 +206,33 @@ def routed_swiglu(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, gate_up: 
         x, gate_up, down = x.to(dt), gate_up.to(dt), down.to(dt)
     w = w.to(x.dtype)
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, w, gate_up, down))
-    if not grad and x.device.type == "cpu" and n * k <= NATIVE_MAX_ROWS_PER_EXPERT * gate_up.shape[0]:
-        out = native.routed_swiglu(x, idx, w, gate_up, down, weight_blocks.expert_blocks(gate_up, down))
-        if out is not None:
-            return out
+    return dispatch.call("routed_swiglu", x, idx, w, gate_up, down, grad)
+
+
+def reference(x, idx, w, gate_up, down, grad: bool, glue_layout=None) -> torch.Tensor:
+    """The torch formulations: padded without gradients when few rows per expert, else grouped. glue_layout(x, w,
+    flat, counts_t, E, K) -> (glue, rows of each expert) or None: a backend's glue for the grouped formulation
+    (None, or when it returns None: TorchGlue)."""
+    k = idx.shape[1]
     flat = idx.flatten()
     counts_t = torch.bincount(flat, minlength=gate_up.shape[0])  # [E] rows per expert
     cap = int(counts_t.max())
     if not grad and 0 < cap <= PADDED_MAX_ROWS and counts_t.numel() * cap <= PADDED_MAX_WASTE * flat.numel():
         with torch.no_grad():
             return _padded(x, idx, w, gate_up, down, counts_t, cap)
-    glue, counts = _layout(x, w, flat, counts_t, gate_up.shape[0], k)  # the rows sorted by expert
+    got = None if glue_layout is None else glue_layout(x, w, flat, counts_t, gate_up.shape[0], k)
+    if got is None:
+        align = _row_align(x)
+        glue = TorchGlue(flat.argsort(stable=True), counts_t.tolist(), k, x.shape[0], align)
+        got = glue, glue.counts
+    glue, counts = got  # the rows sorted by expert
     if grad:
         return _RoutedSwiGLU.apply(x, w.flatten(), gate_up, down, glue, counts)
     with torch.no_grad():
         return _RoutedSwiGLU.forward(_NoCtx(), x, w.flatten(), gate_up, down, glue, counts)
 
 
-def _layout(x: torch.Tensor, w: torch.Tensor, flat: torch.Tensor, counts_t: torch.Tensor, e: int, k: int):
-    """(glue, rows of each expert in its layout) for the (token, slot) pairs' expert ids `flat` [N*K] in [0, e)
-    (counts_t: how many pairs each expert has)."""
-    align = _row_align(x)
-    if align == 1 and native._usable(x, w) is not None:
-        got = native.expert_order(flat, e)
-        if got is not None:
-            order, inverse, counts = got
-            return _NativeGlue(order, inverse, k, x.shape[0]), counts
-    glue = _TorchGlue(flat.argsort(stable=True), counts_t.tolist(), k, x.shape[0], align)
-    return glue, glue.counts
+dispatch.register("routed_swiglu", "torch")(reference)
 
 
 def _row_align(x: torch.Tensor) -> int:

@@ -1,0 +1,70 @@
+"""The import graph of r1kit, read from the sources: imports flow one way.
+
+- r1kit/models/ calls r1kit.ops and never a backend module (r1kit.ops.cpu...) directly: backends are chosen in
+  r1kit/ops/dispatch.py only.
+- r1kit.ops depends on nothing else in r1kit at run time (type-only imports under TYPE_CHECKING do not count).
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import r1kit
+
+ROOT = Path(r1kit.__file__).parent
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _runtime_nodes(tree: ast.Module):
+    """Every node, except those under `if TYPE_CHECKING:`."""
+    stack = list(tree.body)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            stack.extend(node.orelse)
+            continue
+        yield node
+        stack.extend(ast.iter_child_nodes(node))
+
+
+def import_graph() -> dict[str, set[str]]:
+    """{module: r1kit modules it imports at run time}, function-level (lazy) imports included. `from pkg import x`
+    counts as importing pkg.x when that is a module, else pkg."""
+    files = {module_name(p): p for p in ROOT.rglob("*.py")}
+    graph = {}
+    for mod, path in files.items():
+        deps = set()
+        for node in _runtime_nodes(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                assert node.level == 0, f"{mod}: relative import"  # (r1kit imports absolutely)
+                deps |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in files else node.module
+                         for a in node.names}
+        graph[mod] = {d for d in deps if d in files and d != mod}
+    return graph
+
+
+def is_backend(module: str) -> bool:
+    """A module of a backend package (r1kit/ops/<backend>/...)."""
+    parts = module.split(".")
+    return parts[:2] == ["r1kit", "ops"] and len(parts) > 2 and (ROOT / "ops" / parts[2]).is_dir()
+
+
+def test_models_call_ops_and_never_a_backend_module():
+    graph = import_graph()
+    offenders = {m: sorted(filter(is_backend, deps)) for m, deps in graph.items() if m.startswith("r1kit.models")}
+    assert {m: d for m, d in offenders.items() if d} == {}
+    assert is_backend("r1kit.ops.cpu.kernels") and is_backend("r1kit.ops.cpu") and not is_backend("r1kit.ops.rope")
+    assert any("r1kit.ops" in deps for m, deps in graph.items() if m.startswith("r1kit.models"))
+
+
+def test_ops_depend_on_nothing_else_in_r1kit():
+    graph = import_graph()
+    outside = {m: sorted(d for d in deps if not d.startswith("r1kit.ops"))
+               for m, deps in graph.items() if m.startswith("r1kit.ops")}
+    assert {m: d for m, d in outside.items() if d} == {}
