@@ -16,6 +16,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("r1kit.server.cli", "serve a model over an OpenAI-compatible HTTP API"),
     "train": ("r1kit.train.cli", "train a model: `r1kit train sft|grpo ...`"),
     "plot": ("r1kit.train.plots", "draw PNG plots of a training run's metrics.jsonl"),
+    "eval": ("r1kit.eval.cli", "evaluate a model on tasks: pass@k, maj@k, format errors, thinking tokens, latency"),
+    "distill": ("r1kit.eval.distill", "keep a teacher's verified reasoning traces as SFT data for a student"),
 }
 
 
