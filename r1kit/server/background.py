@@ -15,7 +15,9 @@ import uvicorn
 
 class BackgroundServer:
     def __init__(self, app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
-        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level,
+        from r1kit.server.api import uvicorn_config
+
+        self.server = uvicorn.Server(uvicorn_config(app, host=host, port=port, log_level=log_level,
                                                     timeout_graceful_shutdown=3))
         self.thread = threading.Thread(target=self.server.run, name="r1kit-http", daemon=True)
         self.url = ""

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from r1kit.errors import UserError
+from r1kit.server.limits import ServerLimits
 
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
           "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
@@ -83,26 +84,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-queue", type=int, default=512,
                         help="requests in flight before new ones get HTTP 429 (default: %(default)s)")
     parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    g = parser.add_argument_group("limits (each answered with an OpenAI-style error body)")
+    g.add_argument("--max-body-size", type=parse_bytes, default=ServerLimits.max_body_bytes,
+                   help="largest request body; larger ones get HTTP 413 (default: 4MiB)")
+    g.add_argument("--header-timeout", type=float, default=ServerLimits.header_timeout_s,
+                   help="seconds for a client to send a request's headers, else HTTP 408 (default: %(default)s)")
+    g.add_argument("--body-timeout", type=float, default=ServerLimits.body_timeout_s,
+                   help="seconds for a client to send a request's body, else HTTP 408 (default: %(default)s)")
+    g.add_argument("--max-connections", type=int, default=ServerLimits.max_connections,
+                   help="open connections; the one over the limit gets HTTP 503 (default: %(default)s)")
+    g.add_argument("--public-metrics", action="store_true",
+                   help="with --api-key, leave /metrics, /docs and /openapi.json open (default: they need the key)")
     add_engine_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from r1kit.server.api import create_app
+    from r1kit.server.api import create_app, uvicorn_config
 
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be in 0..65535, got {args.port}")
     if args.max_queue < 1:
         raise UserError(f"--max-queue must be >= 1, got {args.max_queue}")
+    for flag, value in (("--max-body-size", args.max_body_size), ("--max-connections", args.max_connections),
+                        ("--header-timeout", args.header_timeout), ("--body-timeout", args.body_timeout)):
+        if not value > 0:
+            raise UserError(f"{flag} must be > 0, got {value}")
+    limits = ServerLimits(max_body_bytes=args.max_body_size, header_timeout_s=args.header_timeout,
+                          body_timeout_s=args.body_timeout, max_connections=args.max_connections)
     model = args.model or default_model()
     name = args.served_model_name or Path(model.rstrip("/")).name or model
     engine = build_engine(model, args)
     app = create_app(engine, name, api_key=args.api_key, reasoning=args.reasoning_parser != "none",
                      max_thinking_tokens=args.max_thinking_tokens, max_queue=args.max_queue,
-                     model_aliases=(model,))
-    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
-                                           timeout_graceful_shutdown=5))
+                     model_aliases=(model,), limits=limits, public_metrics=args.public_metrics)
+    config = uvicorn_config(app, host=args.host, port=args.port, log_level=args.log_level)
+    if limits.max_connections < args.max_connections:
+        print(f"note: the open-file limit allows {limits.max_connections} connections, not {args.max_connections}",
+              file=sys.stderr)
+    server = uvicorn.Server(config)
 
     async def announce():
         while not server.started:

@@ -6,7 +6,10 @@
     401  missing or wrong API key                                        type authentication_error
     404  unknown model or route                                          type not_found_error
     405  wrong method on a known route                                   type invalid_request_error
+    408  request head or body not received in time (limits.py)          type invalid_request_error
+    413  request body over the size limit (limits.py)                    type invalid_request_error
     429  the engine's queue is full (Retry-After: 1)                     type rate_limit_error
+    503  too many open connections (limits.py; Retry-After: 1)           type server_overloaded
     500  a bug in r1kit (never a client mistake)                         type server_error
 
 `install_error_handlers(app)` replaces FastAPI's handlers (whose 422 bodies look nothing like OpenAI's) so that
@@ -26,7 +29,8 @@ from r1kit.errors import UserError
 log = logging.getLogger("r1kit.server")
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-          404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error",
+          404: "not_found_error", 405: "invalid_request_error", 408: "invalid_request_error",
+          413: "invalid_request_error",
           415: "invalid_request_error", 429: "rate_limit_error", 503: "server_overloaded"}
 
 

@@ -270,7 +270,7 @@ async def chat_completion(ctx: ServingContext, req: ChatCompletionRequest, reque
     if req.top_logprobs is not None and not req.logprobs:
         raise APIError(400, "top_logprobs requires logprobs: true", param="top_logprobs")
     thinking = req.thinking_enabled()
-    prompt_ids = render_chat_prompt(ctx, req, thinking)
+    prompt_ids = await asyncio.to_thread(render_chat_prompt, ctx, req, thinking)  # off the event loop
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     top_n = req.top_logprobs or 0
     params = _sampling_params(ctx, req, len(prompt_ids), max_tokens, top_n if req.logprobs else None, thinking)
@@ -344,7 +344,7 @@ async def _chat_events(ctx: ServingContext, req: ChatCompletionRequest, stream, 
 
 async def completion(ctx: ServingContext, req: CompletionRequest, request: Request) -> Response:
     _check_model(ctx, req.model)
-    prompt_ids = _completion_prompt(ctx, req)
+    prompt_ids = await asyncio.to_thread(_completion_prompt, ctx, req)  # off the event loop
     params = _sampling_params(ctx, req, len(prompt_ids), 16 if req.max_tokens is None else req.max_tokens,
                               req.logprobs, thinking=False)
     rid, created = new_id("cmpl"), now()
