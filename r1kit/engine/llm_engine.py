@@ -7,10 +7,11 @@
 
 Each step: the scheduler picks sequences and token counts, the model runner runs one forward and samples, then
 every sequence that sampled gets its token, and the per-sequence rules run here: stop token ids / eos, stop
-strings (TextState), max_tokens, max_model_len, and the thinking budget (after `max_thinking_tokens` sampled
-tokens without `</think>`, the tokens of `thinking_wrapup + thinking_end` are appended at once and computed as one
-chunk in the next forward). A request with n > 1 samples runs sample 0 first; the others join once its prompt
-is in the KV cache and share those blocks through prefix caching.
+strings (TextState: in the answer only, unless stop_in_reasoning), max_tokens, max_model_len, and the thinking
+budget (after `max_thinking_tokens` sampled tokens without `</think>`, the tokens of `thinking_wrapup +
+thinking_end` are appended at once and computed as one chunk in the next forward). A request with n > 1 samples
+runs sample 0 first; the others join once its prompt is in the KV cache and share those blocks through prefix
+caching.
 """
 from __future__ import annotations
 
@@ -92,7 +93,7 @@ class LLMEngine:
             parser = get_reasoning_parser(self.reasoning_parser, prefilled=prefilled)
             req.seqs.append(seq)
             req.texts.append(TextState(self.tokenizer, parser, params.stop, params.include_stop_str_in_output,
-                                       params.skip_special_tokens))
+                                       params.skip_special_tokens, params.stop_in_reasoning))
             if params.max_thinking_tokens == 0 and prefilled:
                 self._force_thinking_end(req, seq)
         share = params.n > 1 and self.block_manager.enable_prefix_caching and len(ids) > self.block_manager.block_size
@@ -208,16 +209,18 @@ class LLMEngine:
         seq.token_ids.extend(forced)
         seq.logprobs.extend([None] * len(forced))
         seq.thinking_done = True
-        stop = text.add(forced)
+        stop = text.add(forced, forced=True)
         if stop is not None:
             return self._finish(seq, text, "stop", stop, flush=False)
         if self._out_of_room(seq):
             self._finish(seq, text, "length")
 
     def _finish(self, seq: Sequence, text: TextState, reason: str, stop_reason=None, flush: bool = True) -> None:
+        held_stop = text.finish(flush=flush)  # the held-back text may complete a stop string after all
+        if held_stop is not None:
+            reason, stop_reason = "stop", held_stop
         self.scheduler.finish(seq, reason)
         seq.stop_reason = stop_reason
-        text.finish(flush=flush)
 
     def _output(self, req: _Request) -> RequestOutput:
         outs = []

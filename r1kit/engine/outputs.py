@@ -1,7 +1,7 @@
 """What the engine returns: one RequestOutput per request, with one CompletionOutput per sample (n).
 
 Every field is cumulative and only grows while the request runs, so a streaming client can send plain diffs of
-`text`, `reasoning` and `content` between two outputs of the same request.
+`text`, `reasoning` and `content` (None counts as "") between two outputs of the same request.
 """
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ class CompletionOutput:
     index: int  # sample number within the request (0..n-1)
     text: str = ""  # the decoded completion (stop strings cut off unless include_stop_str_in_output)
     reasoning: str = ""  # the chain of thought, as split by the reasoning parser
-    content: str = ""  # the answer after the reasoning
+    # the answer after the reasoning; None while the output is still thinking, and at the end when the thinking
+    # never closed (vLLM's and DeepSeek's `content: null`), "" when it closed and nothing followed
+    content: str | None = ""
     token_ids: list[int] = field(default_factory=list)
     # per generated token: {token_id: logprob} holding the chosen token first, then the params.logprobs most
     # likely ones; None for tokens the engine forced (thinking-budget wrap-up). None when logprobs were not asked.

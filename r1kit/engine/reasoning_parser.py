@@ -17,11 +17,13 @@ Rules (start/end are the configured tags, e.g. <think> and </think>):
 """
 from __future__ import annotations
 
+import re
 from typing import Callable
 
 from r1kit.errors import UserError
 
 _START, _REASONING, _ANSWER_LEAD, _CONTENT = range(4)
+_NON_SPACE = re.compile(r"\S")  # the first character str.lstrip() keeps
 
 
 def _partial_suffix(text: str, tag: str) -> int:
@@ -99,6 +101,32 @@ class ReasoningParser:
         self.content += c
         return r, c
 
+    def content_start(self, text: str, scan_from: int = 0) -> tuple[int | None, int]:
+        """Where the answer begins in the output so far, `text`, by the rules above, without touching this parser.
+
+        Returns (start, scan): start = the index after the end tag and the whitespace that follows it (0 when the
+        output has no reasoning), None while that is not known yet (still thinking, or only whitespace after the
+        end tag so far). Pass `scan` back as `scan_from` on the next call with the grown text, so a long reasoning
+        is not searched again on every token; scan < 0 means the output's opening is still undecided (only
+        whitespace or part of an opening tag), so without a prefill it may still turn out to be all answer.
+        The engine matches stop strings from `start` on (SamplingParams.stop_in_reasoning)."""
+        m = _NON_SPACE.search(text)
+        rest = len(text) - m.start() if m else 0
+        if m and text.startswith(self.start_tag, m.start()):
+            body = m.start() + len(self.start_tag)
+        elif not m or (rest < len(self.start_tag) and self.start_tag.startswith(text[m.start():])):
+            return None, -1
+        elif self.prefilled:
+            body = 0
+        else:
+            return 0, 0
+        idx = text.find(self.end_tag, max(body, scan_from))
+        if idx < 0:
+            return None, max(body, len(text) - len(self.end_tag) + 1)
+        after = idx + len(self.end_tag)
+        answer = text[after:].lstrip()
+        return (len(text) - len(answer) if answer else None), idx
+
     def split(self, text: str) -> tuple[str, str]:
         """One-shot split of a whole output; same result as feeding it in any chunks. Does not touch this parser."""
         head = text.lstrip()
@@ -136,6 +164,9 @@ class NoReasoningParser(ReasoningParser):
     def finish(self) -> tuple[str, str]:
         self._finished = True
         return "", ""
+
+    def content_start(self, text: str, scan_from: int = 0) -> tuple[int | None, int]:
+        return 0, 0
 
     def split(self, text: str) -> tuple[str, str]:
         return "", text

@@ -4,6 +4,11 @@ The engine reads these per request; `r1kit.engine.sampler` applies the per-token
 min_p, penalties, min_tokens, logprobs, seed) to a batch of logits; the engine core applies the per-sequence ones
 (max_tokens, stop, stop_token_ids, ignore_eos, max_thinking_tokens and its wrap-up text).
 
+Stop strings end the answer, not the thinking: they are matched from the start of the content (after `</think>`
+and the whitespace after it; from the first character of outputs that do not think), never inside the engine's
+own thinking wrap-up text; `stop_in_reasoning=True` matches them in the thinking too. stop_token_ids and eos end
+the output wherever they occur.
+
 Every value is checked in __post_init__: a bad one raises `InvalidSamplingParam` (a UserError, hence a ValueError,
 so the server answers 400) whose message names the field and says what is allowed, and whose `.param` is the field.
 Normalisations: `stop` becomes a list of strings, `stop_token_ids` a list of ints, `top_k=-1`/None becomes 0
@@ -49,6 +54,7 @@ class SamplingParams:
     frequency_penalty: float = 0.0          # OpenAI semantics, on output tokens
     repetition_penalty: float = 1.0         # HF/vLLM semantics, on prompt + output tokens
     include_stop_str_in_output: bool = False
+    stop_in_reasoning: bool = False         # match stop strings in the thinking too (default: the answer only)
     skip_special_tokens: bool = True
     max_thinking_tokens: int | None = None  # thinking budget; then thinking_wrapup + thinking_end are injected
     thinking_wrapup: str = DEFAULT_THINKING_WRAPUP
@@ -79,7 +85,7 @@ class SamplingParams:
             setattr(self, name, _float(name, getattr(self, name), "must be in [-2, 2]", lambda x: -2 <= x <= 2))
         self.repetition_penalty = _float("repetition_penalty", self.repetition_penalty,
                                          "must be > 0 (1 = no penalty)", lambda x: x > 0)
-        for name in ("ignore_eos", "include_stop_str_in_output", "skip_special_tokens"):
+        for name in ("ignore_eos", "include_stop_str_in_output", "stop_in_reasoning", "skip_special_tokens"):
             if not isinstance(getattr(self, name), bool):
                 raise InvalidSamplingParam(name, f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.max_thinking_tokens is not None:

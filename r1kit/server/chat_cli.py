@@ -57,7 +57,7 @@ class LocalBackend:
                     if out.request_id != rid:
                         continue
                     c = out.outputs[0]
-                    reasoning, content = (c.reasoning, c.content) if thinking else ("", c.text)
+                    reasoning, content = (c.reasoning, c.content or "") if thinking else ("", c.text)
                     yield reasoning[sent_r:], content[sent_c:], None
                     sent_r, sent_c = len(reasoning), len(content)
                     if out.finished:

@@ -116,7 +116,7 @@ def _sampling_params(ctx: ServingContext, req, prompt_len: int, max_tokens: int 
             n=req.n, temperature=1.0 if req.temperature is None else req.temperature,
             top_p=1.0 if req.top_p is None else req.top_p, top_k=req.top_k or 0,
             min_p=req.min_p or 0.0, seed=req.seed, max_tokens=max_tokens, min_tokens=req.min_tokens,
-            stop=req.stop, ignore_eos=req.ignore_eos, logprobs=logprobs,
+            stop=req.stop, stop_in_reasoning=req.stop_in_reasoning, ignore_eos=req.ignore_eos, logprobs=logprobs,
             presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
             repetition_penalty=req.repetition_penalty,
             max_thinking_tokens=budget if (thinking and ctx.reasoning) else None)
@@ -135,11 +135,12 @@ async def _submit(ctx: ServingContext, request_id: str, prompt_ids: list[int], p
 
 # ---- engine output -> OpenAI fields ----
 
-def split_output(ctx: ServingContext, c, thinking: bool) -> tuple[str, str]:
-    """(reasoning, content) of one CompletionOutput, as this request should report them."""
+def split_output(ctx: ServingContext, c, thinking: bool) -> tuple[str, str | None]:
+    """(reasoning, content) of one CompletionOutput, as this request should report them; content is None when the
+    thinking never closed (still open while streaming)."""
     if not (ctx.reasoning and thinking):
         return "", c.text
-    return c.reasoning or "", c.content or ""
+    return c.reasoning or "", c.content
 
 
 def reasoning_tokens(ctx: ServingContext, c, thinking: bool) -> int:
@@ -307,14 +308,16 @@ async def _chat_events(ctx: ServingContext, req: ChatCompletionRequest, stream, 
     done = [False] * req.n
     out = None
     try:
-        yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                      "finish_reason": None} for i in range(req.n)])
+        # a thinking request gets no content until the thinking closes (null if it never does)
+        role = {"role": "assistant"} if (ctx.reasoning and thinking) else {"role": "assistant", "content": ""}
+        yield chunk([{"index": i, "delta": role, "logprobs": None, "finish_reason": None} for i in range(req.n)])
         async for out in stream:
             for c in out.outputs:
                 if done[c.index]:
                     continue
                 s = sent[c.index]
                 reasoning, content = split_output(ctx, c, thinking)
+                content = content or ""
                 delta = {}
                 if len(reasoning) > s[0]:
                     delta["reasoning_content"], s[0] = reasoning[s[0]:], len(reasoning)

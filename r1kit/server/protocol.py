@@ -12,6 +12,7 @@ models add what DeepSeek's API, vLLM, SGLang and llama.cpp add:
               thinking: false                   answer without thinking (the prompt pre-fills an empty block);
               chat_template_kwargs: {"thinking": false}   the same, spelled as vLLM/SGLang clients send it
               messages[].reasoning_content      accepted and dropped (earlier turns keep only the answer)
+              stop_in_reasoning: true           stop strings also end the thinking (default: the answer only)
 
 Unknown top-level fields are ignored (clients send vendor extensions); fields we know are checked strictly.
 """
@@ -57,6 +58,7 @@ class _SamplingFields(_Request):
     max_tokens: Optional[int] = Field(None, ge=1)
     n: int = Field(1, ge=1, le=32)
     stop: Optional[StopStrings] = None
+    stop_in_reasoning: bool = False  # extension: stop strings also end the thinking (default: the answer only)
     seed: Optional[Seed] = None
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
