@@ -90,12 +90,12 @@ def bench_trl_grpo(model: str, steps: int, root: Path, g: int, prompts: int, max
     from r1kit.train.task_data import examples_and_rewards
 
     task = load_task(TASK)
-    examples, rewards = examples_and_rewards([TASK], REWARD, 0)
+    examples, rewards = examples_and_rewards([TASK], REWARD)
     data = Dataset.from_list([{"prompt": ex["messages"], "idx": i} for i, ex in enumerate(task.examples)])
 
     def reward_fn(prompts, completions, idx, **kw):
         texts = [c[0]["content"] if isinstance(c, list) else c for c in completions]
-        return [sum(r.weight * r.fn(t, examples[i]) for r in rewards) for t, i in zip(texts, idx)]
+        return [rewards(t, examples[i]) for t, i in zip(texts, idx)]
 
     times: list[float] = []
 
@@ -121,11 +121,11 @@ def bench_trl_grpo(model: str, steps: int, root: Path, g: int, prompts: int, max
 
 def sft_rows(model: str, n: int, seq_len: int):
     from r1kit.tokenizer import load_tokenizer
-    from r1kit.train.sft import pack
+    from r1kit.train.sft_data import pack
     from r1kit.train.task_data import cold_start_examples
 
     tok = load_tokenizer(model)
-    return pack(cold_start_examples(tok, [TASK], n, 0), seq_len, 0), tok
+    return pack(cold_start_examples(tok, [TASK], n), seq_len, 0), tok
 
 
 def bench_r1kit_sft(model: str, root: Path, steps: int, batch: int, seq_len: int, dtype: str = "float32",
@@ -144,7 +144,7 @@ def bench_r1kit_sft(model: str, root: Path, steps: int, batch: int, seq_len: int
 def bench_hf_sft(model: str, steps: int, batch: int, seq_len: int, dtype: str = "float32") -> float:
     from transformers import AutoModelForCausalLM
 
-    from r1kit.train.sft import collate
+    from r1kit.train.sft_data import collate
 
     rows, tok = sft_rows(model, 200, seq_len)
     m = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)

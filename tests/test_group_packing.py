@@ -59,7 +59,7 @@ def test_packed_rows_give_the_same_logprobs_and_gradients_as_separate_sequences(
 
 def test_bf16_autocast_on_cpu_stays_close_to_float32_with_float32_gradients(tiny_checkpoint):
     from r1kit.models.checkpoint import load_model
-    from r1kit.train.run import autocast_context
+    from r1kit.train.precision import autocast_context
 
     model = load_model(tiny_checkpoint("deepseek_v3"), dtype=torch.float32).train()
     model.config.aux_loss_alpha = 0.0

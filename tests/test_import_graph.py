@@ -1,5 +1,6 @@
 """The import graph of r1kit, read from the sources: imports flow one way.
 
+- No cycles: no module reaches itself through imports, lazy (function-level) ones included.
 - r1kit/models/ calls r1kit.ops and never a backend module (r1kit.ops.cpu...) directly: backends are chosen in
   r1kit/ops/dispatch.py only.
 - r1kit.ops depends on nothing else in r1kit at run time (type-only imports under TYPE_CHECKING do not count).
@@ -68,3 +69,40 @@ def test_ops_depend_on_nothing_else_in_r1kit():
     outside = {m: sorted(d for d in deps if not d.startswith("r1kit.ops"))
                for m, deps in graph.items() if m.startswith("r1kit.ops")}
     assert {m: d for m, d in outside.items() if d} == {}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    out = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                out.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_cycles():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]  # the finder finds one
+    assert cycles(import_graph()) == []

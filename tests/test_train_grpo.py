@@ -9,9 +9,11 @@ import textwrap
 import pytest
 import torch
 
+from r1kit.rewards import CombinedReward, load_reward
 from r1kit.train.config import GRPOConfig
 from r1kit.train.group_packing import pack_groups
-from r1kit.train.grpo import WeightedReward, overlong_penalty, policy_logprobs, train_grpo
+from r1kit.train.grpo import policy_logprobs, score_samples, train_grpo
+from r1kit.train.rollout import Sample
 
 
 def digit_fraction(text: str, example: dict) -> float:
@@ -20,7 +22,7 @@ def digit_fraction(text: str, example: dict) -> float:
 
 
 EXAMPLES = [{"prompt": [{"role": "user", "content": f"Count to {i}."}]} for i in range(16)]
-REWARDS = [WeightedReward("digits", digit_fraction, 1.0)]
+REWARDS = CombinedReward({"digits": (digit_fraction, 1.0)})
 
 
 def _cfg(**kw):
@@ -97,10 +99,18 @@ def test_resume_matches_an_uninterrupted_run_and_router_biases_move(tiny_checkpo
 
 
 def test_soft_overlong_penalty_ramps_over_the_buffer():
+    def overlong_penalty(length: int, max_len: int, buffer: int, weight: float) -> float:
+        """The reward of a `length` tokens completion under the `length` reward of that weight (the one knob)."""
+        sample = Sample(group=0, example={}, prompt_ids=[1], completion_ids=[5] * length, logprobs=None, text="x",
+                        truncated=False)
+        reward = CombinedReward({"length": (load_reward("length"), weight)})
+        score_samples([sample], reward, GRPOConfig(max_completion_length=max_len, overlong_buffer=buffer))
+        return sample.reward
+
     assert overlong_penalty(80, 100, 20, 1.0) == 0.0
     assert overlong_penalty(90, 100, 20, 1.0) == pytest.approx(-0.5)
     assert overlong_penalty(100, 100, 20, 2.0) == pytest.approx(-2.0)
-    assert overlong_penalty(100, 100, 0, 1.0) == 0.0
+    assert overlong_penalty(100, 100, 20, 0.0) == 0.0  # off (weight 0, or no `length` in the reward spec)
 
 
 def test_truncated_completions_are_masked_and_dynamic_sampling_drops_flat_groups(tiny_checkpoint, tmp_path):
@@ -109,7 +119,7 @@ def test_truncated_completions_are_masked_and_dynamic_sampling_drops_flat_groups
 
     train_grpo(tiny_checkpoint("qwen2"), str(tmp_path), _cfg(max_steps=2, dynamic_sampling=True,
                mask_truncated_completions=True, max_completion_length=6),
-               examples=EXAMPLES, rewards=[WeightedReward("digits", flat_for_even_prompts, 1.0)])
+               examples=EXAMPLES, rewards=CombinedReward({"digits": (flat_for_even_prompts, 1.0)}))
     m = _metrics(tmp_path)
     assert all(r["frac_reward_zero_std"] < 0.5 for r in m)            # flat (even) groups were replaced
     # a random model almost never stops within 6 tokens; fully truncated steps carry no loss and no gradient
@@ -141,7 +151,7 @@ def test_skipping_groups_of_equal_rewards_changes_nothing_but_the_work(tiny_chec
         out = tmp_path / f"skip-{skip}"
         train_grpo(model, str(out), _cfg(max_steps=3, micro_batch_size=8, prompts_per_step=4, router_bias_gamma=0.0,
                    max_completion_length=8, sample_every=0, skip_zero_advantage=skip),
-                   examples=EXAMPLES, rewards=[WeightedReward("r", flat_for_even_prompts, 1.0)])
+                   examples=EXAMPLES, rewards=CombinedReward({"r": (flat_for_even_prompts, 1.0)}))
         runs[skip] = (_metrics(out), load_file(str(out / "final" / "model.safetensors")))
     (m_skip, w_skip), (m_all, w_all) = runs[True], runs[False]
     assert all(r["trained_frac"] == 1.0 for r in m_all)
@@ -172,7 +182,8 @@ def test_torchrun_two_processes_match_one_process(tiny_checkpoint, tmp_path, mod
         import random
         import sys
         from r1kit.train.config import GRPOConfig
-        from r1kit.train.grpo import WeightedReward, train_grpo
+        from r1kit.rewards import CombinedReward
+        from r1kit.train.grpo import train_grpo
 
         order = list(range(16))
         random.Random(0).shuffle(order)                   # PromptStream's epoch-0 order for seed 0
@@ -188,7 +199,7 @@ def test_torchrun_two_processes_match_one_process(tiny_checkpoint, tmp_path, mod
                          lr_schedule="constant", micro_batch_size=4 if {flat_even} else 32, sample_every=0, seed=0,
                          fsdp={fsdp} and len(sys.argv) > 2)
         train_grpo({model!r}, sys.argv[1], cfg, examples=examples,
-                   rewards=[WeightedReward("digits", digit_fraction, 1.0)])
+                   rewards=CombinedReward({"digits": (digit_fraction, 1.0)}))
     """))
     import r1kit                               # the script must import this checkout of r1kit, not an installed one
     root = os.path.dirname(os.path.dirname(os.path.abspath(r1kit.__file__)))

@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 from r1kit.train.config import SFTConfig
-from r1kit.train.sft import encode_conversation, train_sft
+from r1kit.train.sft import train_sft
+from r1kit.train.sft_data import encode_conversation
 
 
 def _traces(path, n=24):
@@ -59,7 +60,7 @@ def test_sft_lowers_loss_and_writes_a_loadable_final_model(tiny_checkpoint, tmp_
 
 def test_bad_dtype_is_refused_with_the_allowed_values():
     from r1kit.errors import UserError
-    from r1kit.train.run import autocast_context
+    from r1kit.train.precision import autocast_context
 
     with pytest.raises(ValueError, match="dtype must be one of .*bf16.*'fp8'"):
         SFTConfig(dtype="fp8")
@@ -130,7 +131,7 @@ def test_task_cold_start_examples_train_on_the_reference_solution(tiny_checkpoin
     tok = load_tokenizer(tiny_checkpoint("qwen2"))
     spec = "countdown?numbers=3&n=4&seed=3"
     task = load_task(spec)
-    examples = cold_start_examples(tok, [spec], 4, 0)
+    examples = cold_start_examples(tok, [spec], 4)
     assert len(examples) == 4
     for (ids, mask), ex in zip(examples, task.examples):
         trained = tok.decode([t for t, m in zip(ids, mask) if m])

@@ -1,6 +1,6 @@
 """A task is examples (model input + gold answer + verifier name) and the scorer that checks completions.
 
-Tasks are named by one spec string, the way trainers and the CLI take them:
+Tasks are named by one spec string, the way trainers and the CLI take them (r1kit/tasks/registry.py: load_task):
 
     load_task("arithmetic?digits=3&ops=+-*&n=200&seed=0&split=train&template=r1_distill")
     load_task("countdown?numbers=4&max_value=100&n=500")
@@ -51,18 +51,6 @@ class Task:
         return self.reference(example)
 
 
-TaskLoader = Callable[[str, dict], Task]  # (argument after "name:", params) -> Task
-TASK_SOURCES: dict[str, TaskLoader] = {}
-
-
-def register_task_source(name: str):
-    def deco(fn: TaskLoader) -> TaskLoader:
-        TASK_SOURCES[name] = fn
-        return fn
-
-    return deco
-
-
 def _parse_value(v: str):
     if v.lower() in ("true", "false"):
         return v.lower() == "true"
@@ -87,21 +75,6 @@ def parse_task_spec(spec: str) -> tuple[str, str, dict]:
         head = "jsonl:" + head
     source, _, arg = head.partition(":")
     return source, arg, params
-
-
-def load_task(spec: str, **overrides) -> Task:
-    """The one way to get a task; see the module docstring for the spec format."""
-    from r1kit.tasks import procedural, sources  # noqa: F401  (register the sources)
-
-    source, arg, params = parse_task_spec(spec)
-    params.update(overrides)
-    if source not in TASK_SOURCES:
-        raise UserError(f"unknown task source {source!r} in {spec!r}; known: {', '.join(sorted(TASK_SOURCES))} "
-                        "or a path ending in .jsonl")
-    split = params.get("split", "train")
-    if split not in ("train", "test"):
-        raise UserError(f"split must be 'train' or 'test', got {split!r}")
-    return TASK_SOURCES[source](arg, params)
 
 
 def pop_params(params: dict, spec_name: str, **defaults) -> dict:

@@ -11,7 +11,7 @@ import random
 from fractions import Fraction
 
 from r1kit.errors import UserError
-from r1kit.tasks.base import Task, pop_params, register_task_source
+from r1kit.tasks.base import Task, pop_params
 from r1kit.tasks.templates import apply_template, format_completion
 
 _TEST_SHARE = 10  # one problem in ten belongs to the test split
@@ -109,7 +109,6 @@ def arithmetic_reference(example: dict) -> str:
     return format_completion(example, reasoning, example["answer"])
 
 
-@register_task_source("arithmetic")
 def load_arithmetic(arg: str, params: dict) -> Task:
     p = pop_params(params, "arithmetic", digits=3, ops="+-*", carries=True, n=200, seed=0, split="train",
                    template="r1_distill")
@@ -164,7 +163,6 @@ def countdown_reference(example: dict) -> str:
     return format_completion(example, reasoning, m["expression"])
 
 
-@register_task_source("countdown")
 def load_countdown(arg: str, params: dict) -> Task:
     p = pop_params(params, "countdown", numbers=4, max_value=100, max_target=1000, n=200, seed=0, split="train",
                    template="r1_distill")

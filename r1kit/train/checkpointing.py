@@ -21,6 +21,7 @@ from typing import Any, Callable
 import torch
 
 from r1kit.config import atomic_write_text
+from r1kit.errors import UserError
 
 STATE_FILE = "trainer_state.pt"
 MARKER = "COMPLETE"
@@ -158,3 +159,37 @@ def load_trainer_state(ckpt: str | os.PathLike, restore_rng: bool = True) -> dic
     if restore_rng:
         set_rng_state(state["rng"])
     return state
+
+
+def find_resume_checkpoint(out_dir: str | os.PathLike, resume: bool | str) -> Path | None:
+    """--resume (the run's newest complete checkpoint) or --resume PATH (a checkpoint directory)."""
+    if not resume:
+        return None
+    if isinstance(resume, str) and resume not in ("true", "latest", "1"):
+        path = Path(resume)
+        if not (path / STATE_FILE).is_file():
+            raise UserError(f"--resume {resume!r} is not a complete checkpoint directory")
+        return path
+    return latest_checkpoint(out_dir)
+
+
+def checkpoint_due(cfg: Any, step: int) -> tuple[bool, bool]:
+    """(save, stop) after `step` steps: periodic saves every `save_every`, and `stop_after` (save, then exit).
+    The last step is never counted here: finish_run's caller saves it."""
+    stop = bool(cfg.stop_after) and step == cfg.stop_after and step < cfg.max_steps
+    save = stop or (bool(cfg.save_every) and step % cfg.save_every == 0 and step < cfg.max_steps)
+    return save, stop
+
+
+def save_final(model: torch.nn.Module, out_dir: Path, tokenizer_src: str | os.PathLike | None) -> Path:
+    """Write the trained model (Hugging Face layout) and its tokenizer files to RUN/final, atomically."""
+    from r1kit.models.checkpoint import save_model
+
+    final = out_dir / "final"
+    tmp = out_dir / ".tmp-final"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_model(model, tmp)
+    copy_tokenizer_files(tokenizer_src, tmp)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    return final

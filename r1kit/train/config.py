@@ -85,8 +85,8 @@ class GRPOConfig(TrainConfig):
     mask_truncated_completions: bool = False   # truncated completions get no loss
     skip_zero_advantage: bool = True     # no forward/backward for groups of equal rewards (zero policy gradient
                                          # when beta = 0; grpo._micro_batches says what it changes for MoE)
-    overlong_buffer: int = 0             # soft overlong penalty: ramps over the last N tokens before the limit
-    overlong_penalty: float = 1.0        # penalty at the limit
+    overlong_buffer: int = 0             # the `length` reward (soft overlong penalty) ramps over the last N tokens
+                                         # before max_completion_length (0: the last quarter)
     sample_every: int = 10               # write sample completions to samples.jsonl every N steps (0: never)
     num_samples_logged: int = 2
     kv_cache_memory_gb: float = 0.0      # engine KV budget (0: the engine's default)

@@ -2,7 +2,7 @@
 
 One optimizer step:
   1. rollout  : this rank's share of prompts (whole groups) -> r1kit's engine over the live policy -> completions
-                with their rollout-time logprobs; rewards (+ the soft overlong penalty); with dynamic sampling,
+                with their rollout-time logprobs; rewards (`length`: the soft overlong penalty); with dynamic sampling,
                 groups whose rewards are all equal are dropped and more prompts drawn until the share is full.
   2. advantage: group-relative (advantages.py), per completion; truncated completions masked if asked.
   3. train    : the engine's KV memory is released; num_iterations passes of micro-batched forward/backward of the
@@ -12,8 +12,8 @@ One optimizer step:
                 rewards are all equal (zero advantages, zero policy gradient) are skipped (skip_zero_advantage;
                 _micro_batches says what that changes for MoE balancing).
   4. log      : metrics.jsonl (+ samples.jsonl), checkpoints (checkpointing.py).
-Examples are dicts with "prompt" (a string or chat messages) plus whatever the rewards need; rewards are
-(completion_text, example) -> float callables with weights.
+Examples are dicts with "prompt" (a string or chat messages) plus whatever the rewards need; the reward is a
+r1kit.rewards.CombinedReward: named (completion_text, example) -> float callables with weights.
 """
 from __future__ import annotations
 
@@ -23,56 +23,41 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from tqdm import tqdm
 
 from r1kit.errors import UserError
-from r1kit.rewards.basic import OverlongPenalty
+from r1kit.rewards import CombinedReward
 from r1kit.train.advantages import fill_informative_groups, group_advantages
-from r1kit.train.checkpointing import save_checkpoint
+from r1kit.train.checkpointing import checkpoint_due, find_resume_checkpoint, save_checkpoint
 from r1kit.train.config import GRPOConfig
 from r1kit.train.distributed import (DistInfo, all_gather_objects, all_reduce_max, all_reduce_sum, barrier,
                                      full_model_for_saving, gather_for_inference, init_distributed,
                                      optimizer_state_for_saving, reshard, unwrap)
 from r1kit.train.group_packing import PackedGroups, pack_groups, packed_logprobs
 from r1kit.train.losses import grpo_loss
+from r1kit.train.moe_balance import aux_loss, router_bias_update
+from r1kit.train.optim import grad_norm_and_clip
+from r1kit.train.precision import autocast_context
 from r1kit.train.rollout import EngineRollout, Sample
+from r1kit.train.run_log import RunLog, finish_run
+from r1kit.train.setup import load_policy, prepare_training
 from r1kit.train.task_data import prompt_ids
-from r1kit.train.run import (RunLog, aux_loss, autocast_context, checkpoint_due, find_resume_checkpoint, finish_run,
-                             grad_norm_and_clip, load_policy, prepare_training, router_bias_update)
 
 
-@dataclass
-class WeightedReward:
-    name: str
-    fn: Callable[[str, dict], float]
-    weight: float
-
-
-def overlong_penalty(length: int, max_len: int, buffer: int, penalty: float) -> float:
-    """DAPO's soft overlong punishment: 0 up to max_len - buffer, then linearly down to -penalty at max_len."""
-    if buffer <= 0:
-        return 0.0
-    return penalty * OverlongPenalty(max_len, buffer)("", {"completion_tokens": length})
-
-
-def score(samples: list[Sample], rewards: list[WeightedReward], cfg: GRPOConfig) -> None:
-    """Each reward over the samples (in parallel threads: math and code verifiers wait on worker processes)."""
-    from r1kit.rewards import score_batch
-
-    texts = [s.text for s in samples]
-    # token counts for the registry's "length" reward (DAPO's soft penalty; the ramp defaults to the last quarter)
+def score_samples(samples: list[Sample], reward: CombinedReward, cfg: GRPOConfig) -> None:
+    """Set each sample's rewards (one score per named reward, in parallel threads: math and code verifiers wait on
+    worker processes) and their weighted sum. The examples also carry the completion's token count and the run's
+    length limit, for the `length` reward (DAPO's soft overlong penalty over the last overlong_buffer tokens)."""
     length = {"max_completion_tokens": cfg.max_completion_length,
               "overlong_cache_tokens": cfg.overlong_buffer or max(1, cfg.max_completion_length // 4)}
     exs = [{**s.example, **length, "completion_tokens": len(s.completion_ids)} for s in samples]
-    per = {r.name: score_batch(r.fn, texts, exs) for r in rewards}
+    totals, per = reward.score_batch([s.text for s in samples], exs)
     for i, s in enumerate(samples):
-        s.rewards = {r.name: per[r.name][i] for r in rewards}
-        s.reward = sum(r.weight * s.rewards[r.name] for r in rewards)
-        s.reward += overlong_penalty(len(s.completion_ids), cfg.max_completion_length, cfg.overlong_buffer,
-                                     cfg.overlong_penalty)
+        s.rewards = {name: scores[i] for name, scores in per.items()}
+        s.reward = totals[i]
 
 
 class PromptStream:
@@ -106,8 +91,9 @@ def policy_logprobs(model, batch: PackedGroups, temperature: float, device, dtyp
 
 def train_grpo(model: str, out: str, cfg: GRPOConfig, tasks: list[str] = (), reward: str | None = None,
                resume: bool | str = False, examples: list[dict] | None = None,
-               rewards: list[WeightedReward] | None = None, extra_config: dict | None = None) -> Path:
-    """Train `model` with GRPO on `tasks` (or the given `examples` and `rewards`); returns the final model dir."""
+               rewards: CombinedReward | None = None, extra_config: dict | None = None) -> Path:
+    """Train `model` with GRPO on `tasks` (or the given `examples` and `rewards`); returns the final model dir.
+    `reward` is a reward spec ("accuracy:1.0,format:0.2"; default: each task's own scorer)."""
     from r1kit.tokenizer import load_tokenizer
 
     info = init_distributed(cfg.device)
@@ -119,13 +105,13 @@ def train_grpo(model: str, out: str, cfg: GRPOConfig, tasks: list[str] = (), rew
     if examples is None or rewards is None:
         from r1kit.train.task_data import examples_and_rewards
 
-        ex2, rw2 = examples_and_rewards(list(tasks), reward, cfg.seed)
+        ex2, rw2 = examples_and_rewards(list(tasks), reward)
         examples, rewards = examples if examples is not None else ex2, rewards if rewards is not None else rw2
     if not examples:
         raise UserError("no prompts: give --task NAME")
     log = RunLog(out, info)
     log.save_config(cfg, {"model": model, "tasks": list(tasks), "reward": reward, "world_size": info.world_size,
-                          "rewards": {r.name: r.weight for r in rewards}, **(extra_config or {})})
+                          "rewards": {name: w for name, (_, w) in rewards.parts.items()}, **(extra_config or {})})
     ckpt = find_resume_checkpoint(out, resume)
     tokenizer = load_tokenizer(model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -162,7 +148,7 @@ def train_grpo(model: str, out: str, cfg: GRPOConfig, tasks: list[str] = (), rew
             prompts = [prompt_ids(tokenizer, e, cfg.max_prompt_length) for e in exs]
             groups = engine.generate(prompts, exs, list(range(k)), cfg.num_generations, seeds,
                                      cfg.max_completion_length, cfg.temperature, cfg.top_p)
-            score([s for g in groups for s in g], rewards, cfg)
+            score_samples([s for g in groups for s in g], rewards, cfg)
             return groups
 
         if cfg.dynamic_sampling:
@@ -307,7 +293,7 @@ def _metrics(step, samples, groups, rewards, cfg, info, stats, t_rollout, t_trai
     lens = [len(s.completion_ids) for s in samples]
     vals = [s.reward for s in samples]
     zero = sum(1 for g in groups if len({s.reward for s in g}) <= 1)
-    names = [r.name for r in rewards]
+    names = list(rewards.parts)
     sums = all_reduce_sum([len(samples), sum(vals), sum(v * v for v in vals), sum(lens),
                            sum(s.truncated for s in samples), zero, len(groups),
                            sum(len(s.prompt_ids) for s in samples)]

@@ -1,4 +1,5 @@
-"""AdamW with a linear warmup + cosine (or constant) learning-rate schedule, shared by SFT and GRPO."""
+"""AdamW with a linear warmup + cosine (or constant) learning-rate schedule, and gradient clipping, shared by SFT
+and GRPO."""
 from __future__ import annotations
 
 import math
@@ -30,3 +31,11 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig):
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), fused=fused or None)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
     return opt, sched
+
+
+def grad_norm_and_clip(params, max_norm: float) -> float:
+    params = [p for p in params if p.grad is not None]
+    if not params:
+        return 0.0
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)

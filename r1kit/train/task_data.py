@@ -1,7 +1,8 @@
 """From task specs (r1kit.tasks) and a reward spec (r1kit.rewards) to what the trainers consume.
 
 GRPO gets example dicts (each remembers its task, so "accuracy" is scored by that task's own scorer) and the
-weighted reward list; SFT gets cold-start conversations from the tasks' reference solutions. Model input follows
+combined reward (r1kit.rewards.CombinedReward); SFT gets cold-start conversations from the tasks' reference
+solutions. Model input follows
 the task's template: example["messages"] goes through the chat template, a raw example["prompt"] (r1_zero) is
 encoded as plain text after BOS.
 """
@@ -10,34 +11,29 @@ from __future__ import annotations
 from typing import Any
 
 from r1kit.errors import UserError
+from r1kit.rewards import CombinedReward, parse_reward_spec
+from r1kit.tasks import Task, load_task
+from r1kit.train.sft_data import encode_conversation
 
 
-def load_tasks(specs: list[str], seed: int):
-    from r1kit.tasks import load_task
-
+def load_tasks(specs: list[str]) -> list[Task]:
+    """The tasks of the --task specs (each spec carries its own seed: 'countdown?n=500&seed=1')."""
     if not specs:
         raise UserError("give at least one --task (e.g. --task 'countdown?numbers=3&n=500')")
     return [load_task(s) for s in specs]
 
 
-def examples_and_rewards(specs: list[str], reward_spec: str | None, seed: int):
-    """(examples, [WeightedReward]) for GRPO. Without a reward spec the reward is each task's own scorer."""
-    from r1kit.train.grpo import WeightedReward
-
-    tasks = load_tasks(specs, seed)
+def examples_and_rewards(specs: list[str], reward_spec: str | None) -> tuple[list[dict], CombinedReward]:
+    """(examples, reward) for GRPO. Without a reward spec the reward is each task's own scorer ("accuracy")."""
+    tasks = load_tasks(specs)
     examples = [{**ex, "_task": i} for i, t in enumerate(tasks) for ex in t.examples]
 
     def task_accuracy(completion: str, example: dict) -> float:
         return tasks[example["_task"]].score(completion, example)
 
-    if not reward_spec:
-        return examples, [WeightedReward("accuracy", task_accuracy, 1.0)]
-    from r1kit.rewards import parse_reward_spec
-
-    combined = parse_reward_spec(reward_spec)
-    rewards = [WeightedReward(name, task_accuracy if name == "accuracy" else fn, w)
-               for name, (fn, w) in combined.parts.items()]
-    return examples, rewards
+    parts = parse_reward_spec(reward_spec).parts if reward_spec else {"accuracy": (task_accuracy, 1.0)}
+    return examples, CombinedReward({name: (task_accuracy if name == "accuracy" else fn, w)
+                                     for name, (fn, w) in parts.items()})
 
 
 def prompt_ids(tokenizer, example: dict[str, Any], max_len: int) -> list[int]:
@@ -54,12 +50,10 @@ def prompt_ids(tokenizer, example: dict[str, Any], max_len: int) -> list[int]:
     return list(ids[-max_len:])
 
 
-def cold_start_examples(tokenizer, specs: list[str], n: int, seed: int) -> list[tuple[list[int], list[int]]]:
+def cold_start_examples(tokenizer, specs: list[str], n: int) -> list[tuple[list[int], list[int]]]:
     """SFT (ids, loss mask) examples from the tasks' reference solutions (up to n, spread over the tasks)."""
-    from r1kit.train.sft import encode_conversation
-
     out = []
-    tasks = load_tasks(specs, seed)
+    tasks = load_tasks(specs)
     per = max(1, n // len(tasks))
     for task in tasks:
         for ex in task.examples[:per]:
