@@ -1,8 +1,11 @@
 """Small dataclass configs, loaded from a TOML/YAML file and overridden from the command line.
 
-Every trainer, the engine and the server describe their options as one flat dataclass. This module is the single
-way to fill one: defaults from the dataclass, then a config file, then `--key value` / `key=value` overrides.
-Unknown keys and values of the wrong type are errors that name the key and what is expected.
+A config-driven command (`r1kit train sft|grpo`) describes its options as one flat dataclass whose fields carry
+their help text: `lr: float = option(1e-5, "peak learning rate")`. This module is the single way to fill one:
+defaults from the dataclass, then a config file, then `--key value` / `key=value` overrides. Unknown keys and values
+of the wrong type are errors that name the key and what is expected. `add_config_args` turns the fields into
+command-line options whose `--help` gives the meaning, the default and the choices; a boolean is `--flag` /
+`--no-flag`, and `--flag true|false` also works (the form config files and earlier r1kit versions use).
 """
 from __future__ import annotations
 
@@ -20,6 +23,26 @@ from typing import Any, TypeVar
 from r1kit.errors import UserError
 
 T = TypeVar("T")
+
+
+def option(default: Any, help: str, **metadata: Any) -> Any:
+    """A dataclass field with its help text: `lr: float = option(1e-5, "peak learning rate")`. metadata may add
+    `choices` (listed in --help when the type does not say them)."""
+    if isinstance(default, (list, dict, set)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help, **metadata})
+    return dataclasses.field(default=default, metadata={"help": help, **metadata})
+
+
+def field_help(cls: type, name: str) -> str:
+    """What --help says about a field: its help text, its choices when the type does not list them, its default."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    text = f.metadata.get("help", "")
+    if "choices" in f.metadata:
+        text += f" (one of: {', '.join(map(str, f.metadata['choices']))})"
+    if f.default is not dataclasses.MISSING:
+        default = str(f.default).lower() if isinstance(f.default, bool) else f.default
+        text += f" (default: {default})"
+    return text.replace("%", "%%")  # argparse formats help strings with %
 
 
 class ConfigError(UserError):
@@ -148,27 +171,63 @@ def build_config(cls: type[T], file: str | os.PathLike | None = None, overrides:
         raise ConfigError(str(e)) from None
 
 
-def add_config_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
-    """Add one `--field-name` option per dataclass field (value kept as a string; build_config converts it)."""
-    for name, tp in _field_types(cls).items():
-        if name in skip:
+class _Flag(argparse.Action):
+    """A boolean option: `--name` (true), `--no-name` (false), or `--name true|false`."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        name = option_strings[0]
+        super().__init__([name, "--no-" + name[2:]], dest, nargs="?", metavar="true|false", **kwargs)
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        if option_string.startswith("--no-"):
+            if value is not None:
+                parser.error(f"{option_string} takes no value")
+            value = "false"
+        setattr(namespace, self.dest, "true" if value is None else value)
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Shows a boolean option as `--name [true|false], --no-name`."""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if isinstance(action, _Flag):
+            return f"{action.option_strings[0]} [true|false], {action.option_strings[1]}"
+        return super()._format_action_invocation(action)
+
+
+def add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One option per dataclass field, `--field-name`, grouped by the class that declares it (the group's title is
+    the first line of its docstring). Values stay strings (None when not given); build_config converts them. Give
+    the parser formatter_class=HelpFormatter."""
+    hints = typing.get_type_hints(cls)
+    groups: dict[type, argparse._ArgumentGroup] = {}
+    for f in dataclasses.fields(cls):
+        if not f.init:
             continue
-        flag = "--" + name.replace("_", "-")
-        parser.add_argument(flag, dest=name, default=None, metavar=name.upper(), help=f"({tp_name(tp)})")
+        owner = next(c for c in cls.__mro__ if f.name in c.__dict__.get("__annotations__", {}))
+        if owner not in groups:
+            groups[owner] = parser.add_argument_group((owner.__doc__ or owner.__name__).strip().splitlines()[0])
+        flag, tp = "--" + f.name.replace("_", "-"), hints[f.name]
+        kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": field_help(cls, f.name)}
+        if tp is bool:
+            kwargs["action"] = _Flag
+        elif typing.get_origin(tp) is typing.Literal:
+            kwargs["choices"] = list(typing.get_args(tp))
+        else:
+            kwargs["metavar"] = _metavar(tp)
+        groups[owner].add_argument(flag, **kwargs)
 
 
-def tp_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+def _metavar(tp: Any) -> str:
+    """INT, FLOAT, STR, ... for a field type (Optional[int] -> INT)."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
+    return getattr(args[0], "__name__", str(args[0])).upper()
 
 
 def args_to_overrides(args: argparse.Namespace, cls: type) -> dict[str, Any]:
     """The options of `cls` that were actually given on the command line."""
     names = _field_types(cls)
     return {k: v for k, v in vars(args).items() if k in names and v is not None}
-
-
-def config_to_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -186,8 +245,3 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-
-
-def save_config(cfg: Any, path: str | os.PathLike) -> None:
-    """Save the resolved config as TOML-compatible JSON-ish text (JSON, which TOML users can also read back)."""
-    atomic_write_text(path, json.dumps(config_to_dict(cfg), indent=2, default=str) + "\n")

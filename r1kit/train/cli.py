@@ -1,7 +1,8 @@
 """`r1kit train sft|grpo`: the command line of the trainers.
 
-Every field of SFTConfig / GRPOConfig is also an option (`--max-steps 200`, `--loss-type dapo`), and `key=value`
-words work too; they override `--config FILE` (TOML/YAML/JSON), which overrides the dataclass defaults.
+Every field of SFTConfig / GRPOConfig is also an option (`--max-steps 200`, `--loss-type dapo`, `--dynamic-sampling`
+/ `--no-dynamic-sampling`), and `key=value` words work too; they override `--config FILE` (TOML/YAML/JSON), which
+overrides the dataclass defaults. `--help` lists every option with its meaning, default and choices.
     r1kit train sft  --model M --data traces.jsonl --out runs/sft [--config recipes/x.toml] [--lr 1e-5 ...]
     r1kit train grpo --model M --task countdown --reward accuracy:1.0,format:0.2 --out runs/grpo [...]
     torchrun --nproc-per-node 2 -m r1kit train grpo ...     (same options, several processes)
@@ -11,10 +12,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from r1kit.config import add_config_args, args_to_overrides, build_config, parse_overrides
+from r1kit.config import HelpFormatter, add_config_args, args_to_overrides, build_config, parse_overrides
 from r1kit.train.config import GRPOConfig, SFTConfig
-
-_COMMON = ("model", "out", "config", "resume", "task", "overrides")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -29,14 +28,17 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="trainer", required=True)
-    sft = sub.add_parser("sft", help="supervised fine-tuning on chat traces")
+    sft = sub.add_parser("sft", help="supervised fine-tuning on chat traces", formatter_class=HelpFormatter,
+                         description="Supervised fine-tuning on chat traces (R1's cold start, distillation).")
     _common(sft)
     sft.add_argument("--data", action="append", default=[], help="JSONL of {messages} or {prompt, completion}")
     add_config_args(sft, SFTConfig)
-    grpo = sub.add_parser("grpo", help="GRPO reinforcement learning on verifiable rewards")
+    grpo = sub.add_parser("grpo", help="GRPO reinforcement learning on verifiable rewards",
+                          formatter_class=HelpFormatter,
+                          description="GRPO reinforcement learning on verifiable rewards (the R1-Zero recipe).")
     _common(grpo)
-    grpo.add_argument("--reward", default=None, help="weighted rewards, e.g. accuracy:1.0,format:0.2 "
-                      "(default: the task's own reward)")
+    grpo.add_argument("--reward", default=None, help="weighted rewards, e.g. accuracy:1.0,format:0.2,length:1.0 "
+                      "(names in docs/rewards_and_tasks.md, or file.py:function; default: the task's own reward)")
     add_config_args(grpo, GRPOConfig)
 
 
