@@ -13,7 +13,7 @@ import os
 import time
 from pathlib import Path
 
-DEFAULT_DIR = Path(os.environ.get("R1KIT_CACHE", Path.home() / ".cache" / "r1kit")) / "demo-deepseek_v3"
+DEFAULT_DIR = Path(os.environ.get("R1KIT_CACHE_DIR") or Path.home() / ".cache" / "r1kit") / "demo-deepseek_v3"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

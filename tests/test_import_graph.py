@@ -4,6 +4,7 @@
 - r1kit/models/ calls r1kit.ops and never a backend module (r1kit.ops.cpu...) directly: backends are chosen in
   r1kit/ops/dispatch.py only.
 - r1kit.ops depends on nothing else in r1kit at run time (type-only imports under TYPE_CHECKING do not count).
+- transformers is never imported by r1kit (it is the tests' oracle).
 """
 from __future__ import annotations
 
@@ -106,3 +107,14 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_no_import_cycles():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]  # the finder finds one
     assert cycles(import_graph()) == []
+
+
+def test_r1kit_never_imports_transformers_at_run_time():
+    """transformers is the tests' oracle and the benchmarks' peer (the dev extra), not a run-time dependency."""
+    users = []
+    for path in ROOT.rglob("*.py"):
+        for node in _runtime_nodes(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            users += [module_name(path) for n in names if n.split(".")[0] == "transformers"]
+    assert users == []

@@ -64,9 +64,9 @@ def test_engine_rollout_logprobs_equal_the_training_forward(tiny_checkpoint, mon
                         or real_experts(*a))
     monkeypatch.setattr(weight_blocks, "linear", lambda *a: blocked.append(real_linear(*a) is not None)
                         or real_linear(*a))
-    engine.wake()
+    engine.allocate_kv_cache()
     [group] = engine.generate([prompt_ids(tok, EXAMPLES[0], 64)], EXAMPLES[:1], [0], 4, [7], 12, 0.7, 1.0)
-    engine.release_memory()
+    engine.free_kv_cache()
     if library.load() is not None:  # the rollout decoded over blocked weights (experts, linears), dropped after it
         assert blocked and all(blocked) and frozen.current() is None
     batch = pack_groups(group, 4, tok.pad_token_id, torch.device("cpu"))

@@ -135,9 +135,8 @@ class LLM:
         self.engine.free_kv_cache()
 
     def allocate_kv_cache(self) -> None:
+        """Bring the KV cache back after `free_kv_cache()` (zeroed, with an empty prefix cache)."""
         self.engine.allocate_kv_cache()
-
-    sleep, wake_up = free_kv_cache, allocate_kv_cache
 
     def reset_prefix_cache(self) -> None:
         """Forget cached prompt KV: call after the model's weights changed."""

@@ -98,7 +98,7 @@ class ModelRunner:
     def run(self, batch: ScheduledBatch) -> tuple[list[Sequence], SamplerOutput | None]:
         """One forward over the batch; returns the sequences that sampled and their sampler output."""
         if self.kv_cache is None:
-            raise RuntimeError("the KV cache was freed; call allocate_kv_cache() (LLM.wake_up()) before generating")
+            raise RuntimeError("the KV cache was freed; call allocate_kv_cache() before generating")
         input_ids, positions, ctx, logits_indices, seqs = self.prepare(batch)
         logits = self.model(input_ids, positions, ctx=ctx, logits_indices=logits_indices)
         if not seqs:

@@ -1,6 +1,7 @@
 """DeepSeek-V3 (the architecture of DeepSeek-R1): multi-head latent attention + DeepSeekMoE.
 
-Matches transformers' `DeepseekV3ForCausalLM` on the same weights:
+Matches transformers' `DeepseekV3ForCausalLM` on the same weights (the math: docs/architecture.md, "MLA" and "MoE
+routing"):
 - MLA: queries through a low-rank `q_a_proj -> q_a_layernorm -> q_b_proj` (or one `q_proj` when q_lora_rank is null);
   keys/values from the latent `c_kv = kv_a_layernorm(kv_a_proj_with_mqa(x)[:R])` expanded by `kv_b_proj`, plus ONE
   roped key `k_pe` shared by all heads (decoupled RoPE). Softmax scale (nope+rope)^-0.5 * mscale(factor,

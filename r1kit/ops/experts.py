@@ -19,7 +19,8 @@ The torch reference has two formulations:
 The routing weight is applied to the [rows, I] activation rather than the [rows, D] output: the same product, less
 memory traffic (I < D for fine-grained experts). K outputs are summed in fp32 for half-precision inputs.
 Under autocast both run in the autocast dtype (like F.linear would): x and the expert weights are cast on entry.
-The cpu backend (r1kit/ops/cpu/backend.py) adds a C kernel for decode-sized batches and the C glue for training.
+The cpu backend (r1kit/ops/cpu/backend.py) adds a C kernel for decode-sized batches without gradients (fp32 or bf16
+weights, computed in fp32) and, for fp32, the C glue of the grouped formulation.
 """
 from __future__ import annotations
 

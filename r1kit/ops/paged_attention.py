@@ -11,14 +11,15 @@ Two paths:
   batched attention runs over it (GQA: a fused SDPA call on strided K/V views, query heads grouped by kv head; MLA:
   two batched matmuls over the latent); softmax runs in fp32. This batched core is an op of its own ("mla_decode",
   "gqa_decode"): the above is its torch reference, and the cpu backend runs the C kernel of
-  r1kit/ops/cpu/csrc/paged_decode.c instead, which reads each row's blocks in place: no padded copy, no mask. The
-  plan (which rows, their block tables, lengths and mask) is the same in every layer: the first layer builds it and
-  keeps it in `ctx.derived`.
+  r1kit/ops/cpu/csrc/paged_decode.c instead (an fp32 or a bf16 cache, computed in fp32), which reads each row's
+  blocks in place: no padded copy, no mask. The plan (which rows, their block tables, lengths and mask) is the
+  same in every layer: the first layer builds it and keeps it in `ctx.derived`.
 - prefill / chunked prefill (more new tokens): one scaled_dot_product_attention per sequence, with the causal
   diagonal shifted by the cached prefix length.
 A mixed step (decode tokens and prefill chunks together) uses both.
 
-MLA: the cache holds only the latent [c_kv | k_pe] (kv_lora_rank + rope values per token).
+MLA (docs/architecture.md, "MLA"): the cache holds only the latent [c_kv | k_pe] (kv_lora_rank + rope values per
+token).
 Decode uses weight absorption: q_nope is folded through W_UK into the latent space, attention runs over the
 576-wide latent like multi-query attention, and W_UV maps the latent output to per-head values -- per-head K/V of
 cached tokens are never built. Prefill decompresses the context with W_UK / W_UV (compute-bound, fewer FLOPs for

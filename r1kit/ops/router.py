@@ -4,6 +4,8 @@
     group score = sum of the top-2 choices in each of `groups` groups; keep the best `topk_groups` groups
     idx = the k best choices within the kept groups
     w = scores[idx] (unbiased), normalised to sum 1 when `norm`, times `scaling`
+
+(docs/architecture.md, "MoE routing").
 """
 from __future__ import annotations
 

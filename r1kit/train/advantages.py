@@ -1,7 +1,8 @@
 """Group-relative advantages and the dynamic-sampling filter.
 
-Rewards arrive flat, ordered group by group: [r(p0,s0) .. r(p0,s_{G-1}), r(p1,s0) ..]. Every completion gets one
-advantage, shared by all of its tokens. The group mean is always subtracted; `scale_rewards` chooses the division:
+The formulas: docs/architecture.md, "GRPO, DAPO and Dr. GRPO losses". Rewards arrive flat, ordered group by group:
+[r(p0,s0) .. r(p0,s_{G-1}), r(p1,s0) ..]. Every completion gets one advantage, shared by all of its tokens. The
+group mean is always subtracted; `scale_rewards` chooses the division:
     group : by the group's std (GRPO paper / TRL default)
     batch : by the std of all rewards in the batch (more robust when a group's std is tiny)
     none  : no division (Dr. GRPO)

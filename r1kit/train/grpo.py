@@ -137,7 +137,7 @@ def train_grpo(model: str, out: str, cfg: GRPOConfig, tasks: list[str] = (), rew
         t0 = time.perf_counter()
         # ---- 1. rollout -------------------------------------------------------------------------------------
         gather_for_inference(policy)
-        engine.wake()
+        engine.allocate_kv_cache()
 
         def draw(k: int) -> list[list[Sample]]:
             # a prompt's sampling seed is a function of its global stream position only (not of the rank or of
@@ -156,7 +156,7 @@ def train_grpo(model: str, out: str, cfg: GRPOConfig, tasks: list[str] = (), rew
                                                 cfg.max_dynamic_draws)
         else:
             groups = draw(local_groups)
-        engine.release_memory()
+        engine.free_kv_cache()
         reshard(policy)
         t_rollout = time.perf_counter() - t0
         samples = [s for g in groups for s in g]

@@ -3,7 +3,7 @@
 Everything here works on padded [B, T] tensors of completion tokens with a 0/1 `mask` (1 = a real completion token
 that counts in the loss). The trainer computes log-probabilities with `token_logprobs`, then calls `grpo_loss`.
 
-Per token (reference.md section 2):
+Per token (docs/architecture.md, "GRPO, DAPO and Dr. GRPO losses"):
     rho = exp(logp - old_logp)
     loss_t = -min(rho * A, clip(rho, 1 - eps_low, 1 + eps_high) * A) + beta * k3(ref, logp)
     k3 = exp(ref - logp) - (ref - logp) - 1

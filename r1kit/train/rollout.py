@@ -73,11 +73,11 @@ class EngineRollout:
             groups.append(samples)
         return groups
 
-    def wake(self) -> None:
+    def allocate_kv_cache(self) -> None:
         """Before a rollout: KV memory back, with an empty prefix cache (its KV came from older weights)."""
         self.llm.allocate_kv_cache()
         self.llm.reset_prefix_cache()
 
-    def release_memory(self) -> None:
+    def free_kv_cache(self) -> None:
         """Before the training phase: free the KV cache so training can use that memory."""
         self.llm.free_kv_cache()
