@@ -39,7 +39,7 @@ def field_help(cls: type, name: str) -> str:
     text = f.metadata.get("help", "")
     if "choices" in f.metadata:
         text += f" (one of: {', '.join(map(str, f.metadata['choices']))})"
-    if f.default is not dataclasses.MISSING:
+    if f.default is not dataclasses.MISSING and f.default is not None:  # (None: the help text says what happens)
         default = str(f.default).lower() if isinstance(f.default, bool) else f.default
         text += f" (default: {default})"
     return text.replace("%", "%%")  # argparse formats help strings with %

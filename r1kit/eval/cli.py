@@ -13,7 +13,8 @@ import argparse
 import dataclasses
 import typing
 
-from r1kit.eval.config import EvalConfig, field_help
+from r1kit.config import field_help
+from r1kit.eval.config import EvalConfig
 
 # flag -> (field, extra argparse keywords). Flags not listed are --field-name.
 _SPECIAL = {"tasks": ("--task", {"action": "append", "metavar": "SPEC"}),
