@@ -199,7 +199,7 @@ def test_torchrun_two_processes_match_one_process(tiny_checkpoint, tmp_path, mod
                          lr_schedule="constant", micro_batch_size=4 if {flat_even} else 32, sample_every=0, seed=0,
                          fsdp={fsdp} and len(sys.argv) > 2)
         train_grpo({model!r}, sys.argv[1], cfg, examples=examples,
-                   rewards=CombinedReward({"digits": (digit_fraction, 1.0)}))
+                   rewards=CombinedReward({{"digits": (digit_fraction, 1.0)}}))
     """))
     import r1kit                               # the script must import this checkout of r1kit, not an installed one
     root = os.path.dirname(os.path.dirname(os.path.abspath(r1kit.__file__)))
