@@ -21,6 +21,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+_PATH_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+
 def _usage() -> str:
     lines = ["usage: r1kit <command> [options]", "", "commands:"]
     lines += [f"  {name:<9} {help_}" for name, (_, help_) in SUBCOMMANDS.items()]
@@ -60,8 +63,12 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as e:  # a user mistake reported by our code: print it plainly, no traceback
         from r1kit.errors import UserError
 
-        if isinstance(e, (UserError, FileNotFoundError)):
+        if isinstance(e, UserError):
             print(f"r1kit {name}: error: {e}", file=sys.stderr)
+            sys.exit(2)
+        if isinstance(e, _PATH_ERRORS):  # a path given on the command line that cannot be used as asked
+            where = f": {e.filename!r}" if e.filename else ""
+            print(f"r1kit {name}: error: {e.strerror or e}{where}", file=sys.stderr)
             sys.exit(2)
         raise
     if isinstance(rc, int) and rc:

@@ -53,18 +53,25 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     """Read a .toml, .yaml/.yml or .json file into a flat dict (a single top-level table is unwrapped)."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".toml":
-        data = tomllib.loads(text)
-    elif path.suffix in (".yaml", ".yml"):
-        import yaml
-
-        data = yaml.safe_load(text) or {}
-    elif path.suffix == ".json":
-        data = json.loads(text)
-    else:
+        raise ConfigError(f"config file {str(path)!r} " + ("is a directory" if path.is_dir() else "does not exist"))
+    if path.suffix not in (".toml", ".yaml", ".yml", ".json"):
         raise ConfigError(f"config file {str(path)!r}: use .toml, .yaml, .yml or .json")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {str(path)!r} cannot be read: {e}") from None
+    try:
+        if path.suffix == ".toml":
+            data = tomllib.loads(text)
+        elif path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            data = json.loads(text)
+    except Exception as e:  # tomllib.TOMLDecodeError, yaml.YAMLError, json.JSONDecodeError: say where
+        where = " ".join(str(e).split())
+        raise ConfigError(f"config file {str(path)!r} is not valid {path.suffix[1:].upper()}: {where}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a table of key = value pairs")
     return data

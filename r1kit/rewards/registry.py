@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
@@ -132,6 +133,9 @@ class CombinedReward:
 def parse_reward_spec(spec: str) -> CombinedReward:
     """"accuracy:1.0,format:0.2" -> CombinedReward. A part is `name[:weight]` or `file.py:function[:weight]`."""
     parts: dict[str, tuple[RewardFn, float]] = {}
+    if not spec.strip(" ,"):
+        raise UserError(f"the reward spec {spec!r} is empty: give e.g. accuracy:1.0,format:0.2 (or leave --reward "
+                        "out to use each task's own reward)")
     for item in (s.strip() for s in spec.split(",")):
         if not item:
             continue
@@ -142,6 +146,8 @@ def parse_reward_spec(spec: str) -> CombinedReward:
                 name, weight = head, float(tail)
             except ValueError:
                 pass  # "file.py:function" without a weight
+            if not math.isfinite(weight):
+                raise UserError(f"reward {name!r}: the weight must be a finite number, got {tail!r}")
         if name in parts:
             raise UserError(f"reward {name!r} appears twice in {spec!r}")
         parts[name] = (load_reward(name), weight)

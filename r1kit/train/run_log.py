@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from r1kit.config import atomic_write_text
+from r1kit.errors import UserError
 from r1kit.train.checkpointing import clean_partial, save_final
 from r1kit.train.distributed import DistInfo, barrier, full_model_for_saving, unwrap
 
@@ -27,8 +28,14 @@ class RunLog:
     def __init__(self, out_dir: str | os.PathLike, info: DistInfo):
         self.dir = Path(out_dir)
         self.info = info
+        if self.dir.exists() and not self.dir.is_dir():
+            raise UserError(f"--out {str(out_dir)!r} is an existing file; give a directory (it will hold the "
+                            "checkpoints, metrics.jsonl and the final model)")
         if info.is_main:
-            self.dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self.dir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise UserError(f"--out {str(out_dir)!r} cannot be created: {e.strerror or e}") from None
             clean_partial(self.dir)
 
     def save_config(self, cfg: Any, extra: dict[str, Any]) -> None:

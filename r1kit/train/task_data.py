@@ -31,7 +31,7 @@ def examples_and_rewards(specs: list[str], reward_spec: str | None) -> tuple[lis
     def task_accuracy(completion: str, example: dict) -> float:
         return tasks[example["_task"]].score(completion, example)
 
-    parts = parse_reward_spec(reward_spec).parts if reward_spec else {"accuracy": (task_accuracy, 1.0)}
+    parts = parse_reward_spec(reward_spec).parts if reward_spec is not None else {"accuracy": (task_accuracy, 1.0)}
     return examples, CombinedReward({name: (task_accuracy if name == "accuracy" else fn, w)
                                      for name, (fn, w) in parts.items()})
 
