@@ -113,3 +113,72 @@ def test_kill_9_during_saves_never_leaves_a_corrupt_checkpoint(tmp_path):
         w = load_file(str(ckpt / "model" / "model.safetensors"))["weight"]
         assert torch.all(w == step)
         assert torch.all(load_trainer_state(ckpt, restore_rng=False)["blob"] == step)
+
+
+class _Killed(BaseException):
+    """Stands for a kill -9 at one point of a save: nothing after it runs."""
+
+
+def _weight_of(ckpt) -> float:
+    return float(load_file(str(ckpt / "model" / "model.safetensors"))["weight"][0, 0])
+
+
+@pytest.mark.parametrize("exchange", [True, False])
+def test_resaving_a_step_never_leaves_a_moment_without_a_valid_copy(tmp_path, monkeypatch, exchange):
+    from r1kit.train import checkpointing
+
+    model = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    save_checkpoint(tmp_path, 3, model, {}, save_model_fn=_save_weights)
+    with torch.no_grad():
+        model.weight.fill_(2.0)
+    if not exchange:  # the filesystem cannot swap: the two-rename path
+        monkeypatch.setattr(checkpointing, "_exchange", lambda a, b: False)
+    # a kill at each point of the re-save: after each rename/exchange and before each removal
+    real_replace, real_rmtree, real_exchange = os.replace, checkpointing.shutil.rmtree, checkpointing._exchange
+    points = ["replace", "rmtree"] + (["exchange"] if exchange else [])
+    for point in points:
+        for nth in (1, 2):
+            calls = {"replace": 0, "rmtree": 0, "exchange": 0}
+
+            def hook(name, real):
+                def wrapped(*a, **k):
+                    calls[name] += 1
+                    result = real(*a, **k)
+                    if name == point and calls[name] == nth:
+                        raise _Killed
+                    return result
+                return wrapped
+
+            monkeypatch.setattr(checkpointing.os, "replace", hook("replace", real_replace))
+            monkeypatch.setattr(checkpointing.shutil, "rmtree", hook("rmtree", real_rmtree))
+            if exchange:
+                monkeypatch.setattr(checkpointing, "_exchange", hook("exchange", real_exchange))
+            try:
+                save_checkpoint(tmp_path, 3, model, {}, save_model_fn=_save_weights)
+            except _Killed:
+                pass
+            monkeypatch.setattr(checkpointing.os, "replace", real_replace)
+            monkeypatch.setattr(checkpointing.shutil, "rmtree", real_rmtree)
+            monkeypatch.setattr(checkpointing, "_exchange", real_exchange if exchange else (lambda a, b: False))
+            clean_partial(tmp_path)  # what the next run does first
+            ckpt = latest_checkpoint(tmp_path)
+            assert ckpt is not None and ckpt.name == "step-000003", (point, nth)
+            assert _weight_of(ckpt) in (1.0, 2.0), (point, nth)  # the old copy or the new one, whole
+            assert [p.name for p in checkpoints_dir(tmp_path).iterdir() if p.name.startswith(".")] == []
+    save_checkpoint(tmp_path, 3, model, {}, save_model_fn=_save_weights)
+    assert _weight_of(latest_checkpoint(tmp_path)) == 2.0
+
+
+def test_resaving_uses_an_atomic_exchange_where_the_kernel_has_one(tmp_path):
+    from r1kit.train import checkpointing
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / "x").write_text("a")
+    (b / "x").write_text("b")
+    if not checkpointing._exchange(a, b):
+        pytest.skip("renameat2(RENAME_EXCHANGE) is not available here; the two-rename path is used")
+    assert (a / "x").read_text() == "b" and (b / "x").read_text() == "a"

@@ -8,6 +8,9 @@ Layout of a run directory:
 A checkpoint is first written into RUN/checkpoints/.tmp-step-000040-<pid>, every file fsynced, the COMPLETE marker
 added, and only then renamed to its final name (a rename is atomic). Temporary directories left by a killed process
 are ignored and removed; `latest_checkpoint` also falls back to scanning when the pointer is stale.
+Re-saving a step that exists (after a resume) swaps the new directory in with one atomic renameat2(RENAME_EXCHANGE),
+so step-N is a complete checkpoint at every moment; where the kernel or filesystem cannot exchange, the old copy is
+first renamed to .old-step-N-<pid>, and `clean_partial` puts it back if a kill came before the new one was in.
 """
 from __future__ import annotations
 
@@ -90,11 +93,39 @@ def checkpoints_dir(run_dir: str | os.PathLike) -> Path:
 
 
 def clean_partial(run_dir: str | os.PathLike) -> None:
-    """Remove temporary directories of saves that never finished (a killed process)."""
+    """Remove temporary directories of saves that never finished (a killed process), and put back the old copy of
+    a re-saved step whose replacement never arrived."""
     root = checkpoints_dir(run_dir)
     if root.is_dir():
         for p in root.glob(".tmp-*"):
             shutil.rmtree(p, ignore_errors=True)
+        for p in root.glob(".old-step-*"):
+            final = root / p.name[len(".old-"):].rsplit("-", 1)[0]
+            if _is_complete(final):
+                shutil.rmtree(p, ignore_errors=True)
+            elif _is_complete(p):
+                if final.exists():
+                    shutil.rmtree(final)
+                os.replace(p, final)
+
+
+def _is_complete(path: Path) -> bool:
+    return path.is_dir() and (path / MARKER).is_file() and (path / STATE_FILE).is_file()
+
+
+_RENAME_EXCHANGE, _AT_FDCWD = 2, -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two directories (Linux renameat2 RENAME_EXCHANGE); False where that is not available."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    return fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0
 
 
 def complete_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
@@ -105,7 +136,7 @@ def complete_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
     found = []
     for p in root.iterdir():
         m = _STEP_DIR.match(p.name)
-        if m and p.is_dir() and (p / MARKER).is_file() and (p / STATE_FILE).is_file():
+        if m and _is_complete(p):
             found.append((int(m.group(1)), p))
     return [p for _, p in sorted(found)]
 
@@ -143,9 +174,17 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model: torch.nn.Modul
     (tmp / MARKER).write_text(f"{step}\n")
     _fsync_tree(tmp)
     final = root / name
-    if final.exists():                       # re-saving the same step (e.g. after a resume): replace it
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    if not final.exists():
+        os.replace(tmp, final)
+    elif _exchange(tmp, final):              # re-saving a step (e.g. after a resume): swap, never a gap
+        _fsync_dir(root)
+        shutil.rmtree(tmp)                   # now the old copy
+    else:                                    # no exchange here: the old copy stays until the new one is in
+        old = root / f".old-{name}-{os.getpid()}"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        _fsync_dir(root)
+        shutil.rmtree(old)
     _fsync_dir(root)
     atomic_write_text(root / "latest", name + "\n")
     for old in complete_checkpoints(run_dir)[:-keep_last]:
