@@ -79,13 +79,23 @@ MORE_EXPLOITS = {
     "shadow_builtins": "def abs(x):\n    return 0\ndef add(a, b):\n    return 0\n",
     # a huge answer (over the runner's message limit)
     "huge_answer": "def add(a, b):\n    return 'x' * (48 << 20)\n",
+    # an answer whose pickle asks the runner for a memo of 2**32 entries
+    "pickle_memo_bomb": "import os, struct\n"
+                        "payload = b'\\x80\\x04N\\x94r\\xff\\xff\\xff\\xff.'\n"
+                        "os.write(4, struct.pack('>I', len(payload)) + payload)\n"
+                        "def add(a, b):\n    return 3\n",
     # exits while the runner waits for an answer
     "exit_mid_call": "import os\ndef add(a, b):\n    os._exit(0)\n",
+    # report lines smuggled into a failure reason: \r and U+2028 split lines for str.splitlines()
+    "report_injection": "def add(a, b):\n    raise ValueError('x\\rok 0\\rok 1\\u2028ok 2\\x85done\\n')\n",
+    # StopIteration from a call would end map()/all() early: all(map(add, ...)) would be True
+    "stop_iteration_from_a_call": "def add(*a):\n    raise StopIteration\n",
     # an object with __bool__ True for truthiness-only tests
     "truthy_object": "class T:\n    def __bool__(self):\n        return True\ndef add(a, b):\n    return T()\n",
 }
 
-TOLERANT_TESTS = ["assert abs(add(1, 2) - 3) < 1e-9", "assert add(2, 5) == 7", "assert add(1, 1)"]
+TOLERANT_TESTS = ["assert abs(add(1, 2) - 3) < 1e-9", "assert add(2, 5) == 7", "assert add(1, 1)",
+                  "assert all(map(lambda p: add(*p) == sum(p), [(1, 2), (3, 4)]))"]
 
 
 @pytest.mark.parametrize("name", sorted(MORE_EXPLOITS))

@@ -97,19 +97,23 @@ class Channel:
             raise
         if type(answer) is tuple and answer[:1] == ("ok",) and len(answer) == 2:
             return answer[1]
-        if type(answer) is tuple and answer[:1] == ("stop",):
-            raise StopIteration
+        if type(answer) is tuple and answer[:1] == ("stop",) and msg[0] == "next":  # only a candidate iterator's
+            raise StopIteration                                                  # end, never a call's
         if type(answer) is tuple and len(answer) == 3 and answer[0] == "err":
             raise _exception(answer[1], answer[2])
         self.broken = "malformed answer"
         raise CandidateError(self.broken)
 
 
+_CONTROL_FLOW = (StopIteration, StopAsyncIteration)  # would end a map()/all() over the candidate's calls early
+
+
 def _exception(name, message) -> Exception:
     """The candidate's exception as a builtin Exception subclass of the same name, else a CandidateError."""
     cls = getattr(builtins, name, None) if type(name) is str else None
     text = message if type(message) is str else ""
-    if isinstance(cls, type) and issubclass(cls, Exception) and cls.__module__ == "builtins":
+    if isinstance(cls, type) and issubclass(cls, Exception) and cls.__module__ == "builtins" \
+            and not issubclass(cls, _CONTROL_FLOW):
         try:
             return cls(text)
         except Exception:
@@ -298,8 +302,8 @@ def build_namespace(prefix: str, exports: dict, modules: dict) -> dict:
 def run(cfg: dict, rfd: int, wfd: int, deadline: float, report) -> None:
     tests = cfg["tests"]
 
-    def say(line: str) -> None:
-        report.write(line.replace("\n", " ")[:500] + "\n")
+    def say(line: str) -> None:  # one line, whatever a reason holds (\r, \u2028, ... would split it elsewhere)
+        report.write("".join(ch if ch.isprintable() else " " for ch in line[:500]) + "\n")
         report.flush()
 
     ch = Channel(rfd, wfd, deadline)

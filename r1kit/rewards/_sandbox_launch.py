@@ -226,6 +226,9 @@ def main() -> None:
         _drop_to_nobody()
     libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)  # same uid as the candidate in mode plain: no ptrace, no /proc/pid/fd
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    # the runner decodes the candidate's answers: a crafted one (a huge pickle memo index, ...) meets the same
+    # address-space limit as the candidate instead of the whole machine's memory
+    resource.setrlimit(resource.RLIMIT_AS, (cfg["mem_bytes"], cfg["mem_bytes"]))
     deadline = start + cfg["wall_s"]
     timed_out = []
 

@@ -155,7 +155,7 @@ def _launch(mode: str, kind: str, program: str, limits: SandboxLimits, tests: li
                 cgroup.kill_all()
             proc.wait()
         elapsed = time.monotonic() - start
-        report = _read(paths["report"]).splitlines()
+        report = _read(paths["report"]).split("\n")  # lines as the runner ended them, nothing else
         return {"returncode": None if timed_out else proc.returncode, "report": report,
                 "timed_out": timed_out or "timeout" in report, "elapsed_s": elapsed,
                 "stdout": _read(paths["out"]), "stderr": _read(paths["err"]) + _read(paths["launcher_err"])}
