@@ -86,11 +86,14 @@ def test_a_50_mb_body_gets_413_at_once_and_health_stays_fast(server):
         except OSError:
             pass
 
+    latencies: list[float] = []
     uploader = threading.Thread(target=upload, daemon=True)
+    checker = threading.Thread(target=lambda: latencies.extend(_health_latency(server.url) for _ in range(5)))
     uploader.start()
-    latencies = [_health_latency(server.url) for _ in range(5)]
+    checker.start()
     status, headers, body = _read_response(sock)
     elapsed = time.perf_counter() - start
+    checker.join(timeout=30)
     sock.close()
     uploader.join(timeout=10)
     assert status == 413 and headers.get("connection") == "close"

@@ -24,12 +24,13 @@ from r1kit.rewards.registry import (
     register_reward,
     score_batch,
 )
-from r1kit.rewards.sandbox import SandboxLimits, run_python, run_tests, sandbox_mode
+from r1kit.rewards.sandbox import SandboxLimits, TestReport, run_python, run_tests, sandbox_mode, test_program
 
 __all__ = [
     "REWARDS", "VERIFIERS", "CombinedReward", "MathVerifier", "OverlongPenalty", "SandboxLimits",
     "accuracy_reward", "answer_text", "check_countdown", "code_answer", "code_reward", "countdown_reward",
     "exact_reward", "final_answer", "format_answer_tags_reward", "format_reward", "last_boxed", "load_reward",
     "math_reward", "math_reward_batch", "numeric_reward", "parse_reward_spec", "reasoning_gym_reward",
-    "register_reward", "run_python", "run_tests", "sandbox_mode", "score_batch", "split_reasoning",
+    "register_reward", "run_python", "run_tests", "sandbox_mode", "score_batch", "split_reasoning", "TestReport",
+    "test_program",
 ]

@@ -214,7 +214,8 @@ def test_program(program: str, tests: list[str], limits: SandboxLimits | None = 
     return TestReport(passed, reasons, error, res["timed_out"], res["stdout"], res["stderr"], res["elapsed_s"])
 
 
-test_program.__test__ = False  # not a pytest test, despite the name
+test_program.__test__ = False  # not pytest tests, despite the names
+TestReport.__test__ = False
 
 
 def run_tests(program: str, tests: list[str], limits: SandboxLimits | None = None, *, prefix: str = "") -> float:
