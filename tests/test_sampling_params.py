@@ -50,12 +50,13 @@ INVALID = [
     ("top_k", -2), ("top_k", 2.5),
     ("min_p", -0.1), ("min_p", 1.01),
     ("seed", 1.5), ("seed", "7"),
-    ("max_tokens", 0), ("max_tokens", -3), ("max_tokens", 2.0),
+    ("max_tokens", -1), ("max_tokens", -3), ("max_tokens", 2.0),
     ("min_tokens", -1),
     ("stop", ""), ("stop", ["ok", ""]), ("stop", 5), ("stop", ["a", 3]),
     ("stop_token_ids", [1, -1]), ("stop_token_ids", "12"), ("stop_token_ids", [1.0]),
     ("ignore_eos", "yes"),
     ("logprobs", -1), ("logprobs", True), ("logprobs", 2.5),
+    ("prompt_logprobs", -1), ("logit_bias", [1]), ("stop_in_reasoning", "no"),
     ("presence_penalty", 2.5), ("presence_penalty", -2.01),
     ("frequency_penalty", 3.0), ("frequency_penalty", float("nan")),
     ("repetition_penalty", 0.0), ("repetition_penalty", -1.0),
@@ -74,6 +75,19 @@ def test_invalid_value_raises_value_error_naming_the_field(field, value):
     assert isinstance(info.value, UserError) and isinstance(info.value, InvalidSamplingParam)
     assert info.value.param == field
     assert repr(value) in str(info.value)  # the message shows what was given
+
+
+@pytest.mark.parametrize("bias, shown", [({1: 200}, "200"), ({"x": 1.0}, "'x'"), ({-2: 1.0}, "-2"),
+                                         ({"3": float("inf")}, "inf")])
+def test_bad_logit_bias_entries_are_named(bias, shown):
+    with pytest.raises(InvalidSamplingParam, match="logit_bias") as info:
+        SamplingParams(logit_bias=bias)
+    assert info.value.param == "logit_bias" and shown in str(info.value)
+
+
+def test_logit_bias_keys_may_be_json_strings():
+    assert SamplingParams(logit_bias={"5": 1, 7: -2.5}).logit_bias == {5: 1.0, 7: -2.5}
+    assert SamplingParams(logit_bias={}).logit_bias is None
 
 
 def test_min_tokens_above_max_tokens_is_rejected():

@@ -61,11 +61,14 @@ class BlockManager:
 
     def _lookup(self, seq: Sequence) -> list[int]:
         """Blocks already holding seq's leading full blocks (never the block of its last token, which must be
-        computed to produce logits)."""
+        computed to produce logits, nor blocks whose prompt logprobs the sequence still needs)."""
         if not self.enable_prefix_caching:
             return []
         hits, parent = [], None
-        for i in range((len(seq) - 1) // self.block_size):
+        usable = (len(seq) - 1) // self.block_size
+        if seq.needs_prompt_logprobs:  # positions whose prompt logprobs are still to come must be computed
+            usable = min(usable, (len(seq.prompt_logprobs) - 1) // self.block_size)
+        for i in range(usable):
             tokens = seq.block_tokens(i, self.block_size)
             parent = block_hash(parent, tokens)
             block_id = self.hash_to_block.get(parent)

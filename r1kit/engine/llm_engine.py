@@ -25,7 +25,7 @@ from r1kit.engine.model_runner import ModelRunner
 from r1kit.engine.outputs import CompletionOutput, RequestOutput
 from r1kit.engine.reasoning_parser import get_reasoning_parser
 from r1kit.engine.sampler import Sampler, make_generator
-from r1kit.engine.sampling_params import SamplingParams
+from r1kit.engine.sampling_params import InvalidSamplingParam, SamplingParams
 from r1kit.engine.scheduler import Scheduler
 from r1kit.engine.sequence import Sequence
 from r1kit.engine.stats import EngineStats
@@ -84,6 +84,10 @@ class LLMEngine:
                              "no room to generate; shorten the prompt or raise max_model_len")
         if params.max_thinking_tokens is not None and self.think_end is None:
             raise ValueError("max_thinking_tokens needs a tokenizer with a </think> token")
+        bad = [t for t in (params.logit_bias or {}) if t >= vocab]
+        if bad:
+            raise InvalidSamplingParam("logit_bias", f"logit_bias has token id {bad[0]} outside the vocabulary "
+                                                     f"[0, {vocab})")
         req = _Request(request_id, prompt if isinstance(prompt, str) else None, ids, params)
         prefilled = self._prefilled(ids)
         for i in range(params.n):
@@ -94,7 +98,7 @@ class LLMEngine:
             req.seqs.append(seq)
             req.texts.append(TextState(self.tokenizer, parser, params.stop, params.include_stop_str_in_output,
                                        params.skip_special_tokens, params.stop_in_reasoning))
-            if params.max_thinking_tokens == 0 and prefilled:
+            if params.max_thinking_tokens == 0 and prefilled and seq.samples:
                 self._force_thinking_end(req, seq)
         share = params.n > 1 and self.block_manager.enable_prefix_caching and len(ids) > self.block_manager.block_size
         for seq in req.seqs:
@@ -136,9 +140,15 @@ class LLMEngine:
             return self._outputs(touched)
         prompt_tokens = sum(max(0, min(n, s.num_prompt_tokens - s.num_computed_tokens))
                             for s, n in zip(batch.seqs, batch.num_new_tokens))
-        seqs, out = self.runner.run(batch)
+        step = self.runner.run(batch)
+        seqs, out = step.seqs, step.sampled
         self.scheduler.postprocess(batch)
         touched |= {s.request_id for s in batch.seqs}
+        for pl in step.prompt_logprobs:
+            self._add_prompt_logprobs(pl)
+        for seq in batch.seqs:  # max_tokens=0: done once the prompt is computed (and scored)
+            if not seq.samples and not seq.is_finished and seq.num_computed_tokens >= len(seq):
+                self._finish(seq, self.requests[seq.request_id].texts[seq.index], "length")
         if seqs:
             token_ids = out.token_ids.tolist()
             lps = out.logprobs.tolist() if out.logprobs is not None else None
@@ -160,6 +170,19 @@ class LLMEngine:
                 req.pending = []
         self.stats_tracker.record(prompt_tokens, len(seqs))
         return self._outputs(touched)
+
+    @staticmethod
+    def _add_prompt_logprobs(pl) -> None:
+        """Per prompt token {token_id: logprob}: the prompt's own token first, then the params.prompt_logprobs
+        most likely ones."""
+        seq = pl.seq
+        assert pl.first == len(seq.prompt_logprobs), "prompt logprobs must arrive in order"
+        for j, (token, lp) in enumerate(zip(pl.token_ids, pl.logprobs)):
+            entry = {token: lp}
+            if pl.top_ids:
+                for t, v in zip(pl.top_ids[j], pl.top_logprobs[j]):
+                    entry.setdefault(t, v)
+            seq.prompt_logprobs.append(entry)
 
     def _outputs(self, touched: set[str]) -> list[RequestOutput]:
         outputs = [self._output(self.requests[rid]) for rid in touched if rid in self.requests]
@@ -231,8 +254,10 @@ class LLMEngine:
                 token_ids=seq.output_token_ids, logprobs=list(seq.logprobs) if want_lp else None,
                 finish_reason=seq.finish_reason, stop_reason=seq.stop_reason,
                 num_reasoning_tokens=seq.num_thinking_tokens))
+        first = req.seqs[0]
         return RequestOutput(
             request_id=req.request_id, prompt=req.prompt, prompt_token_ids=req.prompt_ids, outputs=outs,
+            prompt_logprobs=list(first.prompt_logprobs) if first.prompt_logprobs is not None else None,
             finished=all(s.is_finished for s in req.seqs), num_cached_tokens=req.seqs[0].num_cached_tokens,
             metrics={"arrival_time": req.arrival_time, "first_token_time": req.first_token_time})
 

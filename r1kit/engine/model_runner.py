@@ -7,19 +7,41 @@ The KV cache is one zero-initialised tensor [num_layers, num_blocks, block_size,
 
 For each step it builds the flat inputs (the uncomputed tokens of every scheduled sequence, concatenated), their
 positions, the AttentionContext, and `logits_indices`: the last new token of each sequence whose tokens are now all
-computed -- only those sample a next token (a sequence in the middle of a chunked prefill does not).
+computed -- only those sample a next token (a sequence in the middle of a chunked prefill does not; nor one with
+max_tokens=0) -- followed by the prompt positions of sequences that asked for prompt logprobs: position p's logits
+score prompt token p + 1, in the same forward that fills the KV cache (no second pass over the prompt).
 """
 from __future__ import annotations
 
 import torch
 
-from r1kit.engine.sampler import Sampler, SamplerOutput
+from dataclasses import dataclass, field
+
+from r1kit.engine.sampler import Sampler, SamplerOutput, token_logprobs
 from r1kit.engine.scheduler import ScheduledBatch
 from r1kit.engine.sequence import Sequence
 from r1kit.models.context import AttentionContext
 
 DEFAULT_CPU_KV_BYTES = 1 << 30  # 1 GiB
 DEFAULT_GPU_KV_FRACTION = 0.5  # of the free device memory after loading the model
+
+
+@dataclass
+class PromptLogprobs:
+    """The prompt logprobs one step produced for one sequence: prompt tokens [first, first + len(token_ids))."""
+    seq: Sequence
+    first: int
+    token_ids: list[int]
+    logprobs: list[float]
+    top_ids: list[list[int]] = field(default_factory=list)  # empty when params.prompt_logprobs == 0
+    top_logprobs: list[list[float]] = field(default_factory=list)
+
+
+@dataclass
+class StepOutput:
+    seqs: list[Sequence]  # the sequences that sampled, in sampler-row order
+    sampled: SamplerOutput | None
+    prompt_logprobs: list[PromptLogprobs]
 
 
 class ModelRunner:
@@ -66,11 +88,18 @@ class ModelRunner:
             torch.cuda.empty_cache()
 
     def prepare(self, batch: ScheduledBatch):
-        """Flat inputs for the step, plus the sequences that sample (in logits order)."""
+        """Flat inputs for the step, the sequences that sample (in logits order), and the prompt-logprob rows
+        (appended to logits_indices after the sampling rows): [(seq, first prompt token scored, count)]."""
         bs = self.block_size
         ids, pos, slots, seq_lens, tables, qlens, logit_rows, samplers = [], [], [], [], [], [], [], []
+        prompt_rows, prompt_spans = [], []
         for seq, n in zip(batch.seqs, batch.num_new_tokens):
             start, end = seq.num_computed_tokens, seq.num_computed_tokens + n
+            if seq.needs_prompt_logprobs:  # positions [lo, hi) score prompt tokens lo + 1 .. hi
+                lo, hi = max(start, len(seq.prompt_logprobs) - 1), min(end, seq.num_prompt_tokens - 1)
+                if hi > lo:
+                    prompt_rows += range(len(ids) + lo - start, len(ids) + hi - start)
+                    prompt_spans.append((seq, lo + 1, hi - lo))
             ids += seq.token_ids[start:end]
             pos += range(start, end)
             table = seq.block_table
@@ -78,7 +107,7 @@ class ModelRunner:
             seq_lens.append(end)
             qlens.append(n)
             tables.append(table[:(end + bs - 1) // bs])
-            if end == len(seq):
+            if end == len(seq) and seq.samples:
                 logit_rows.append(len(ids) - 1)
                 samplers.append(seq)
         width = max(len(t) for t in tables)
@@ -92,20 +121,39 @@ class ModelRunner:
             block_tables=torch.tensor([t + [0] * (width - len(t)) for t in tables], device=dev),
             query_lens=qlens, seq_lens_list=seq_lens, block_size=bs)
         return (torch.tensor(ids, device=dev), torch.tensor(pos, device=dev), ctx,
-                torch.tensor(logit_rows, dtype=torch.long, device=dev), samplers)
+                torch.tensor(logit_rows + prompt_rows, dtype=torch.long, device=dev), samplers, prompt_spans)
 
     @torch.inference_mode()
-    def run(self, batch: ScheduledBatch) -> tuple[list[Sequence], SamplerOutput | None]:
-        """One forward over the batch; returns the sequences that sampled and their sampler output."""
+    def run(self, batch: ScheduledBatch) -> StepOutput:
+        """One forward over the batch: the sequences that sampled, their sampler output, and prompt logprobs."""
         if self.kv_cache is None:
             raise RuntimeError("the KV cache was freed; call allocate_kv_cache() before generating")
-        input_ids, positions, ctx, logits_indices, seqs = self.prepare(batch)
+        input_ids, positions, ctx, logits_indices, seqs, prompt_spans = self.prepare(batch)
         logits = self.model(input_ids, positions, ctx=ctx, logits_indices=logits_indices)
+        prompt_lps = self._prompt_logprobs(logits[len(seqs):], prompt_spans) if prompt_spans else []
         if not seqs:
-            return [], None
+            return StepOutput([], None, prompt_lps)
+        logits = logits[:len(seqs)]
         params = [s.params for s in seqs]
         need_ids = any(p.has_penalties or p.min_tokens > 0 for p in params)
         out = self.sampler(logits, params, [s.generator for s in seqs],
                            prompt_ids=[s.token_ids[:s.num_prompt_tokens] for s in seqs] if need_ids else None,
                            output_ids=[s.output_token_ids for s in seqs] if need_ids else None)
-        return seqs, out
+        return StepOutput(seqs, out, prompt_lps)
+
+    def _prompt_logprobs(self, logits: torch.Tensor, spans) -> list[PromptLogprobs]:
+        targets = [t for seq, first, count in spans for t in seq.token_ids[first:first + count]]
+        k = max(seq.params.prompt_logprobs for seq, _, _ in spans)
+        chosen, top_lp, top_ids = token_logprobs(logits, torch.tensor(targets, device=logits.device), k)
+        chosen = chosen.tolist()
+        top_lp = top_lp.tolist() if top_lp is not None else None
+        top_ids = top_ids.tolist() if top_ids is not None else None
+        out, row = [], 0
+        for seq, first, count in spans:
+            k_seq = seq.params.prompt_logprobs
+            rows = slice(row, row + count)
+            out.append(PromptLogprobs(seq, first, targets[rows], chosen[rows],
+                                      [r[:k_seq] for r in top_ids[rows]] if k_seq else [],
+                                      [r[:k_seq] for r in top_lp[rows]] if k_seq else []))
+            row += count
+        return out

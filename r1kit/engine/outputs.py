@@ -43,5 +43,8 @@ class RequestOutput:
     prompt_token_ids: list[int]
     outputs: list[CompletionOutput]
     finished: bool = False
+    # SamplingParams.prompt_logprobs: per prompt token {token_id: logprob} (its own token first, then the top N,
+    # from the model's raw distribution); the first token has none (None). Filled as the prefill goes.
+    prompt_logprobs: list[dict[int, float] | None] | None = None
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache
     metrics: dict = field(default_factory=dict)  # arrival_time, first_token_time, finished_time (perf_counter)

@@ -23,6 +23,7 @@ Pipeline, per row, in this order
      multiplied by r if not), then frequency and presence (OpenAI: logit -= frequency * count_in_output +
      presence * [count_in_output > 0]). Counts come from one scatter_add over a padded id tensor; only the
      logits of seen ids are gathered, changed and scattered back.
+  1b. logit_bias: the request's {token id: bias} added to those logits (OpenAI's and vLLM's logit_bias).
   2. min_tokens: while len(output) < min_tokens, stop_token_ids and the eos ids (unless ignore_eos) get -inf.
   3. logprobs = log_softmax(logits / T) over the full vocabulary (T = 1 for greedy rows): after penalties and
      min_tokens, before any truncation, so they are the logprobs of the temperature-scaled policy.
@@ -128,9 +129,10 @@ class Sampler:
 
         pen_rows = [i for i, p in enumerate(params) if p.has_penalties]
         min_rows = [i for i, p in enumerate(params) if p.min_tokens > 0]
+        bias_rows = [i for i, p in enumerate(params) if p.logit_bias]
         want_lp = any(p.logprobs is not None for p in params)
         all_greedy = all(p.is_greedy for p in params)
-        if all_greedy and not pen_rows and not min_rows and not want_lp:  # fast path
+        if all_greedy and not pen_rows and not min_rows and not bias_rows and not want_lp:  # fast path
             return SamplerOutput(token_ids=logits.argmax(dim=-1))
 
         if pen_rows:
@@ -145,9 +147,12 @@ class Sampler:
                 idx = torch.tensor(pen_rows, device=dev)
                 logits = logits.clone()
                 logits[idx] = apply_penalties(logits[idx], sub(params), prompts, sub(output_ids))
+        if bias_rows:
+            logits = _add_logit_bias(logits if pen_rows else logits.clone(), params, bias_rows)
         if min_rows:
             _require(output_ids, "output_ids", "min_tokens")
-            logits = self._mask_stop_ids(logits if pen_rows else logits.clone(), params, min_rows, output_ids)
+            logits = self._mask_stop_ids(logits if (pen_rows or bias_rows) else logits.clone(), params, min_rows,
+                                         output_ids)
 
         # per-row scalars in one transfer: temperature (1 for greedy), top_k (V when off), top_p, min_p
         rows = torch.tensor([[1.0 if p.is_greedy else p.temperature, float(min(p.top_k or V, V)), p.top_p, p.min_p]
@@ -215,6 +220,31 @@ class Sampler:
                 if g is not None:
                     noise[j].uniform_(generator=g)
         return noise.log_().neg_().clamp_min_(torch.finfo(torch.float32).tiny)  # CUDA's U may be 1: no E = 0
+
+
+def _add_logit_bias(logits: torch.Tensor, params, rows: list[int]) -> torch.Tensor:
+    """logits [R, V] with each row's logit_bias added in place (ids >= V are refused by the engine beforehand)."""
+    r_idx, t_idx, vals = [], [], []
+    for i in rows:
+        for t, b in params[i].logit_bias.items():
+            r_idx.append(i)
+            t_idx.append(t)
+            vals.append(b)
+    dev = logits.device
+    logits.index_put_((torch.tensor(r_idx, device=dev), torch.tensor(t_idx, device=dev)),
+                      torch.tensor(vals, dtype=logits.dtype, device=dev), accumulate=True)
+    return logits
+
+
+def token_logprobs(logits: torch.Tensor, token_ids: torch.Tensor, k: int):
+    """(logprob of token_ids[i] in row i [N], top-k logprobs [N, k], their ids [N, k]) of raw logits [N, V]: the
+    log_softmax of the model's own distribution (prompt logprobs, as vLLM reports them). k = 0: no top-k."""
+    lp = torch.log_softmax(logits.float(), dim=-1)
+    chosen = lp.gather(1, token_ids[:, None]).squeeze(1)
+    if k <= 0:
+        return chosen, None, None
+    top_lp, top_ids = lp.topk(min(k, lp.shape[1]), dim=-1)
+    return chosen, top_lp, top_ids
 
 
 def _top_k_top_p(x: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, max_k: int) -> torch.Tensor:

@@ -44,12 +44,14 @@ class SamplingParams:
     top_k: int = 0                          # keep the k most likely tokens; 0 or -1 = disabled
     min_p: float = 0.0                      # keep tokens with p >= min_p * p_max
     seed: int | None = None                 # per-request generator: reproducible regardless of the batch
-    max_tokens: int | None = 16             # None = up to the context limit
+    max_tokens: int | None = 16             # None = up to the context limit; 0 = compute the prompt only (scoring)
     min_tokens: int = 0                     # eos / stop ids cannot be sampled before this many tokens
     stop: str | list[str] | None = None     # stop strings (normalised to a list)
     stop_token_ids: list[int] | None = None
     ignore_eos: bool = False
     logprobs: int | None = None             # top logprobs per token; 0 = only the chosen token's logprob
+    prompt_logprobs: int | None = None      # per prompt token (the first is None): its logprob + the top N
+    logit_bias: dict[int, float] | None = None  # token id -> added to its logit before sampling, in [-100, 100]
     presence_penalty: float = 0.0           # OpenAI semantics, on output tokens
     frequency_penalty: float = 0.0          # OpenAI semantics, on output tokens
     repetition_penalty: float = 1.0         # HF/vLLM semantics, on prompt + output tokens
@@ -71,7 +73,8 @@ class SamplingParams:
         if self.seed is not None:
             self.seed = _int("seed", self.seed, allowed="must be an integer or None")
         if self.max_tokens is not None:
-            self.max_tokens = _int("max_tokens", self.max_tokens, lo=1, allowed="must be >= 1 or None (no limit)")
+            self.max_tokens = _int("max_tokens", self.max_tokens, lo=0,
+                                   allowed="must be >= 0 (0 = the prompt only) or None (no limit)")
         self.min_tokens = _int("min_tokens", self.min_tokens, lo=0)
         if self.max_tokens is not None and self.min_tokens > self.max_tokens:
             raise InvalidSamplingParam(
@@ -81,6 +84,11 @@ class SamplingParams:
         if self.logprobs is not None:
             self.logprobs = _int("logprobs", self.logprobs, lo=0,
                                  allowed="must be None, 0 (chosen token only) or the number of top logprobs >= 1")
+        if self.prompt_logprobs is not None:
+            self.prompt_logprobs = _int("prompt_logprobs", self.prompt_logprobs, lo=0,
+                                        allowed="must be None, 0 (each prompt token's own logprob) or the number of "
+                                                "top logprobs >= 1")
+        self.logit_bias = _bias(self.logit_bias)
         for name in ("presence_penalty", "frequency_penalty"):
             setattr(self, name, _float(name, getattr(self, name), "must be in [-2, 2]", lambda x: -2 <= x <= 2))
         self.repetition_penalty = _float("repetition_penalty", self.repetition_penalty,
@@ -144,6 +152,26 @@ def _stop_list(stop) -> list[str]:
     if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) and s for s in stop):
         raise InvalidSamplingParam("stop", f"stop must be a non-empty string or a list of them, got {stop!r}")
     return list(stop)
+
+
+def _bias(bias) -> dict[int, float] | None:
+    """{token id: bias}; JSON's string keys ("42") are accepted, as OpenAI's API sends them."""
+    if bias is None or bias == {}:
+        return None
+    if not isinstance(bias, dict):
+        raise InvalidSamplingParam("logit_bias", f"logit_bias must be a map of token id to bias, got {bias!r}")
+    out = {}
+    for k, v in bias.items():
+        try:
+            tid = int(k) if not isinstance(k, bool) and str(k).strip().lstrip("-").isdigit() else None
+        except ValueError:
+            tid = None
+        if tid is None or tid < 0:
+            raise InvalidSamplingParam("logit_bias", f"logit_bias keys must be token ids >= 0, got {k!r}")
+        if not (_is_int(v) or isinstance(v, float)) or not math.isfinite(v) or not -100 <= v <= 100:
+            raise InvalidSamplingParam("logit_bias", f"logit_bias values must be in [-100, 100], got {v!r} for {k}")
+        out[tid] = float(v)
+    return out
 
 
 def _id_list(ids) -> list[int]:

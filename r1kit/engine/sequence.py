@@ -41,6 +41,9 @@ class Sequence:
         self.stop_reason: int | str | None = None
         self.generator = generator
         self.logprobs: list = []  # one entry per output token (None for forced tokens)
+        # params.prompt_logprobs: one entry per prompt token, filled during the prefill (sample 0 only; the first
+        # token has no logprob: None)
+        self.prompt_logprobs: list | None = [None] if params.prompt_logprobs is not None and index == 0 else None
         self.thinking_done = False  # not thinking, or the thinking-end token was produced or forced
         self.num_thinking_tokens = 0  # sampled tokens before thinking ended
 
@@ -54,6 +57,16 @@ class Sequence:
     @property
     def num_output_tokens(self) -> int:
         return len(self.token_ids) - self.num_prompt_tokens
+
+    @property
+    def needs_prompt_logprobs(self) -> bool:
+        """Its prefill still has prompt logprobs to produce (so it cannot skip prompt blocks via the prefix cache)."""
+        return self.prompt_logprobs is not None and len(self.prompt_logprobs) < self.num_prompt_tokens
+
+    @property
+    def samples(self) -> bool:
+        """Whether it samples a token once its tokens are all computed (max_tokens=0 only computes the prompt)."""
+        return self.params.max_tokens != 0
 
     @property
     def is_finished(self) -> bool:

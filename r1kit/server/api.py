@@ -1,6 +1,7 @@
 """The FastAPI app: `create_app(engine, ...)` serves one model over OpenAI's HTTP API.
 
     POST /v1/chat/completions   POST /v1/completions   GET /v1/models
+    POST /tokenize   POST /detokenize   GET /tokenizer_info (vLLM's tokenizer endpoints)
     GET /health   GET /metrics (Prometheus text)   GET / (the web chat page)   GET /docs (OpenAPI)
 
 Handlers validate (protocol.py), build the prompt and SamplingParams (openai_serving.py), hand the request to the
@@ -24,6 +25,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 
 from r1kit.server import openai_serving as serving
+from r1kit.server import serving_completions, serving_tokenize
 from r1kit.server.async_engine import AsyncEngine
 from r1kit.server import limits as server_limits
 from r1kit.server.errors import APIError, error_body, install_error_handlers
@@ -31,8 +33,10 @@ from r1kit.server.metrics import Metrics
 from r1kit.server.protocol import (ChatCompletionRequest, ChatCompletionResponse, CompletionRequest,
                                    CompletionResponse, ErrorResponse, ModelCard, ModelList)
 
-_ENDPOINTS = {"/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics", "/"}
+_ENDPOINTS = {"/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics", "/", "/tokenize",
+              "/detokenize", "/tokenizer_info"}
 _OPERATOR_PATHS = {"/metrics", "/docs", "/openapi.json"}  # behind the key too, unless public_metrics
+_TOKENIZER_PATHS = {"/tokenize", "/detokenize", "/tokenizer_info"}  # vLLM's, at the root; behind the key
 
 
 class _Gate:
@@ -43,7 +47,8 @@ class _Gate:
         self.api_key = api_key.encode() if api_key else None
 
     def _protected(self, path: str) -> bool:
-        return path.startswith("/v1") or (not self.public_metrics and path in _OPERATOR_PATHS)
+        return (path.startswith("/v1") or path in _TOKENIZER_PATHS
+                or (not self.public_metrics and path in _OPERATOR_PATHS))
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -130,9 +135,27 @@ def create_app(engine, served_model_name: str = "r1kit", *, api_key: str | None 
 
     @app.post("/v1/completions", response_model=CompletionResponse, responses=errors)
     async def completions(req: CompletionRequest, request: Request):
-        if isinstance(req.prompt, str):
+        for prompt in req.prompts():
+            if isinstance(prompt, str):
+                check_prompt_size(len(prompt), "prompt")
+        return await serving_completions.completion(ctx, req, request)
+
+    @app.post("/tokenize")
+    async def tokenize(req: serving_tokenize.TokenizeRequest):
+        """vLLM's: token ids of a text prompt, or of a chat rendered with the model's template."""
+        if isinstance(req, serving_tokenize.TokenizeCompletionRequest):
             check_prompt_size(len(req.prompt), "prompt")
-        return await serving.completion(ctx, req, request)
+        else:
+            check_prompt_size(sum(len(m.text()) for m in req.messages if m.role == "user"), "messages")
+        return await serving_tokenize.tokenize(ctx, req)
+
+    @app.post("/detokenize")
+    async def detokenize(req: serving_tokenize.DetokenizeRequest):
+        return await serving_tokenize.detokenize(ctx, req)
+
+    @app.get("/tokenizer_info")
+    async def tokenizer_info():
+        return serving_tokenize.tokenizer_info(ctx)
 
     @app.get("/v1/models", response_model=ModelList)
     async def models():

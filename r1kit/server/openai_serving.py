@@ -1,4 +1,5 @@
-"""The two generation endpoints: request -> prompt + SamplingParams -> engine -> JSON response or SSE stream.
+"""Chat completions, and what both generation endpoints share: request -> prompt + SamplingParams -> engine ->
+JSON response or SSE stream (/v1/completions: serving_completions.py).
 
 Reasoning models, in OpenAI's shapes:
 - The chat prompt is rendered with the model's chat template from role + content only: `reasoning_content` of
@@ -26,7 +27,7 @@ from r1kit.errors import UserError
 from r1kit.server.async_engine import AsyncEngine, QueueFull, RequestAborted
 from r1kit.server.errors import APIError, error_body, from_user_error
 from r1kit.server.metrics import Metrics
-from r1kit.server.protocol import ChatCompletionRequest, CompletionRequest, new_id, now
+from r1kit.server.protocol import ChatCompletionRequest, new_id, now
 
 EMPTY_THINKING = "<think>\n\n</think>\n\n"
 _RESERVED_TEMPLATE_KWARGS = {"messages", "add_generation_prompt", "tokenize", "chat_template"}
@@ -57,7 +58,7 @@ def engine_max_model_len(engine) -> int | None:
 
 # ---- request -> prompt + params ----
 
-def _check_model(ctx: ServingContext, model: str | None) -> None:
+def check_model(ctx: ServingContext, model: str | None) -> None:
     if model is not None and model not in ctx.model_names:
         raise APIError(404, f"model {model!r} not found; this server serves {ctx.model_name!r} (see GET /v1/models)",
                        param="model", code="model_not_found")
@@ -82,20 +83,7 @@ def render_chat_prompt(ctx: ServingContext, req: ChatCompletionRequest, thinking
     return ctx.tokenizer.encode(text)
 
 
-def _completion_prompt(ctx: ServingContext, req: CompletionRequest) -> list[int]:
-    if isinstance(req.prompt, str):
-        ids = ctx.tokenizer.encode(req.prompt)
-        if not ids:
-            raise APIError(400, "prompt is empty", param="prompt")
-        return ids
-    vocab = ctx.tokenizer.vocab_size
-    bad = next((t for t in req.prompt if t >= vocab), None)
-    if bad is not None:
-        raise APIError(400, f"prompt token id {bad} is out of range: ids must be in [0, {vocab})", param="prompt")
-    return list(req.prompt)
-
-
-def _sampling_params(ctx: ServingContext, req, prompt_len: int, max_tokens: int | None, logprobs: int | None,
+def sampling_params(ctx: ServingContext, req, prompt_len: int, max_tokens: int | None, logprobs: int | None,
                      thinking: bool) -> SamplingParams:
     limit = ctx.max_model_len
     if limit is not None:
@@ -118,13 +106,13 @@ def _sampling_params(ctx: ServingContext, req, prompt_len: int, max_tokens: int 
             min_p=req.min_p or 0.0, seed=req.seed, max_tokens=max_tokens, min_tokens=req.min_tokens,
             stop=req.stop, stop_in_reasoning=req.stop_in_reasoning, ignore_eos=req.ignore_eos, logprobs=logprobs,
             presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
-            repetition_penalty=req.repetition_penalty,
+            repetition_penalty=req.repetition_penalty, logit_bias=req.logit_bias,
             max_thinking_tokens=budget if (thinking and ctx.reasoning) else None)
     except (UserError, ValueError) as e:
         raise from_user_error(e) from None
 
 
-async def _submit(ctx: ServingContext, request_id: str, prompt_ids: list[int], params: SamplingParams):
+async def submit(ctx: ServingContext, request_id: str, prompt_ids: list[int], params: SamplingParams):
     try:
         return await ctx.engine.submit(request_id, prompt_ids, params)
     except QueueFull as e:
@@ -155,18 +143,18 @@ def reasoning_tokens(ctx: ServingContext, c, thinking: bool) -> int:
     return len(ids)
 
 
-def _usage(ctx: ServingContext, out, prompt_len: int, thinking: bool) -> dict:
+def usage_of(ctx: ServingContext, out, prompt_len: int, thinking: bool) -> dict:
     completion = sum(len(c.token_ids) for c in out.outputs) if out is not None else 0
     reasoning = sum(reasoning_tokens(ctx, c, thinking) for c in out.outputs) if out is not None else 0
     return {"prompt_tokens": prompt_len, "completion_tokens": completion, "total_tokens": prompt_len + completion,
             "completion_tokens_details": {"reasoning_tokens": reasoning}}
 
 
-def _token_str(tok, token_id: int) -> str:
+def token_str(tok, token_id: int) -> str:
     return tok.decode([token_id])
 
 
-def _logprob_items(c, start: int) -> list[tuple[int, float, list[tuple[int, float]]]]:
+def logprob_items(c, start: int) -> list[tuple[int, float, list[tuple[int, float]]]]:
     """(chosen id, its logprob, [(top id, logprob), ...] most likely first) for output tokens start..
 
     The engine gives per token {token_id: logprob}: the chosen token plus the top ones; forced tokens have None.
@@ -183,38 +171,25 @@ def _logprob_items(c, start: int) -> list[tuple[int, float, list[tuple[int, floa
 def _chat_logprobs(ctx: ServingContext, c, start: int, top_n: int) -> dict:
     tok = ctx.tokenizer
     content = []
-    for token_id, lp, top in _logprob_items(c, start):
-        s = _token_str(tok, token_id)
+    for token_id, lp, top in logprob_items(c, start):
+        s = token_str(tok, token_id)
         content.append({"token": s, "logprob": lp, "bytes": list(s.encode("utf-8")),
-                        "top_logprobs": [{"token": (t := _token_str(tok, i)), "logprob": v,
+                        "top_logprobs": [{"token": (t := token_str(tok, i)), "logprob": v,
                                           "bytes": list(t.encode("utf-8"))} for i, v in top[:top_n]]})
     return {"content": content}
 
 
-def _completion_logprobs(ctx: ServingContext, c, start: int, top_n: int, offset: int) -> dict:
-    tok = ctx.tokenizer
-    out = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
-    for token_id, lp, top in _logprob_items(c, start):
-        s = _token_str(tok, token_id)
-        out["tokens"].append(s)
-        out["token_logprobs"].append(lp)
-        out["top_logprobs"].append({_token_str(tok, i): v for i, v in top[:top_n]})
-        out["text_offset"].append(offset)
-        offset += len(s)
-    return out
-
-
-def _token_ids(req, c) -> dict:
+def token_ids_field(req, c) -> dict:
     return {"token_ids": list(c.token_ids)} if req.return_token_ids else {}
 
 
-def _record(ctx: ServingContext, stream, out, prompt_len: int, thinking: bool) -> None:
+def record(ctx: ServingContext, stream, out, prompt_len: int, thinking: bool) -> None:
     m = ctx.metrics
     if out is None or not out.finished:
         m.aborted += 1
         return
     end = time.perf_counter()
-    usage = _usage(ctx, out, prompt_len, thinking)
+    usage = usage_of(ctx, out, prompt_len, thinking)
     m.count_tokens(prompt_len, usage["completion_tokens"], usage["completion_tokens_details"]["reasoning_tokens"])
     if stream.first_token_time is not None:
         m.ttft.observe(stream.first_token_time - stream.arrival)
@@ -223,7 +198,7 @@ def _record(ctx: ServingContext, stream, out, prompt_len: int, thinking: bool) -
         m.finished[c.finish_reason or "unknown"] += 1
 
 
-async def _collect(stream, request: Request):
+async def collect(stream, request: Request):
     """Wait for the final output; if the client goes away first, abort the request (frees its KV blocks)."""
 
     async def watch_disconnect():
@@ -242,11 +217,11 @@ async def _collect(stream, request: Request):
         stream.close()
 
 
-def _sse(data: dict) -> str:
+def sse(data: dict) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-def _chunk_writer(ctx: ServingContext, req, rid: str, created: int, obj: str):
+def chunk_writer(ctx: ServingContext, req, rid: str, created: int, obj: str):
     """(chunk(choices, **extra) -> one SSE event of a streamed response, include_usage). With
     stream_options.include_usage every chunk carries "usage": null except the last one, as OpenAI sends them."""
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -255,38 +230,38 @@ def _chunk_writer(ctx: ServingContext, req, rid: str, created: int, obj: str):
         body = {"id": rid, "object": obj, "created": created, "model": ctx.model_name, "choices": choices, **extra}
         if include_usage:
             body.setdefault("usage", None)
-        return _sse(body)
+        return sse(body)
 
     return chunk, include_usage
 
 
-def _stream_error(e: Exception) -> str:
-    return _sse(error_body(500, f"generation failed: {e}", code="engine_error")) + "data: [DONE]\n\n"
+def stream_error(e: Exception) -> str:
+    return sse(error_body(500, f"generation failed: {e}", code="engine_error")) + "data: [DONE]\n\n"
 
 
 # ---- /v1/chat/completions ----
 
 async def chat_completion(ctx: ServingContext, req: ChatCompletionRequest, request: Request) -> Response:
-    _check_model(ctx, req.model)
+    check_model(ctx, req.model)
     if req.top_logprobs is not None and not req.logprobs:
         raise APIError(400, "top_logprobs requires logprobs: true", param="top_logprobs")
     thinking = req.thinking_enabled()
     prompt_ids = await asyncio.to_thread(render_chat_prompt, ctx, req, thinking)  # off the event loop
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     top_n = req.top_logprobs or 0
-    params = _sampling_params(ctx, req, len(prompt_ids), max_tokens, top_n if req.logprobs else None, thinking)
+    params = sampling_params(ctx, req, len(prompt_ids), max_tokens, top_n if req.logprobs else None, thinking)
     rid, created = new_id("chatcmpl"), now()
-    stream = await _submit(ctx, rid, prompt_ids, params)
+    stream = await submit(ctx, rid, prompt_ids, params)
     if req.stream:
         return StreamingResponse(_chat_events(ctx, req, stream, rid, created, len(prompt_ids), thinking, top_n),
                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
     out = None
     try:
-        out = await _collect(stream, request)
+        out = await collect(stream, request)
     except RequestAborted:
         return Response(status_code=499)  # the client is gone; nobody reads this
     finally:
-        _record(ctx, stream, out, len(prompt_ids), thinking)
+        record(ctx, stream, out, len(prompt_ids), thinking)
     choices = []
     for c in out.outputs:
         reasoning, content = split_output(ctx, c, thinking)
@@ -294,16 +269,16 @@ async def chat_completion(ctx: ServingContext, req: ChatCompletionRequest, reque
                         "message": {"role": "assistant", "content": content,
                                     "reasoning_content": reasoning if (ctx.reasoning and thinking) else None},
                         "logprobs": _chat_logprobs(ctx, c, 0, top_n) if req.logprobs else None,
-                        "finish_reason": c.finish_reason, **_token_ids(req, c)})
+                        "finish_reason": c.finish_reason, **token_ids_field(req, c)})
     return JSONResponse({"id": rid, "object": "chat.completion", "created": created, "model": ctx.model_name,
                          "choices": sorted(choices, key=lambda ch: ch["index"]),
-                         "usage": _usage(ctx, out, len(prompt_ids), thinking),
+                         "usage": usage_of(ctx, out, len(prompt_ids), thinking),
                          **({"prompt_token_ids": prompt_ids} if req.return_token_ids else {})})
 
 
 async def _chat_events(ctx: ServingContext, req: ChatCompletionRequest, stream, rid: str, created: int,
                        prompt_len: int, thinking: bool, top_n: int):
-    chunk, include_usage = _chunk_writer(ctx, req, rid, created, "chat.completion.chunk")
+    chunk, include_usage = chunk_writer(ctx, req, rid, created, "chat.completion.chunk")
     sent = [[0, 0, 0] for _ in range(req.n)]  # per choice: reasoning chars, content chars, tokens with logprobs
     done = [False] * req.n
     out = None
@@ -332,78 +307,12 @@ async def _chat_events(ctx: ServingContext, req: ChatCompletionRequest, stream, 
                     done[c.index] = True
                     yield chunk([{"index": c.index, "delta": {}, "logprobs": None, "finish_reason": c.finish_reason}])
         if include_usage:
-            yield chunk([], usage=_usage(ctx, out, prompt_len, thinking))
+            yield chunk([], usage=usage_of(ctx, out, prompt_len, thinking))
         yield "data: [DONE]\n\n"
     except RequestAborted:
         return
     except Exception as e:  # the engine failed mid-stream: tell the client in-band, the status line is gone
-        yield _stream_error(e)
+        yield stream_error(e)
     finally:
         stream.close()
-        _record(ctx, stream, out, prompt_len, thinking)
-
-
-# ---- /v1/completions ----
-
-async def completion(ctx: ServingContext, req: CompletionRequest, request: Request) -> Response:
-    _check_model(ctx, req.model)
-    prompt_ids = await asyncio.to_thread(_completion_prompt, ctx, req)  # off the event loop
-    params = _sampling_params(ctx, req, len(prompt_ids), 16 if req.max_tokens is None else req.max_tokens,
-                              req.logprobs, thinking=False)
-    rid, created = new_id("cmpl"), now()
-    echo = ctx.tokenizer.decode(prompt_ids) if req.echo else ""
-    stream = await _submit(ctx, rid, prompt_ids, params)
-    if req.stream:
-        return StreamingResponse(_completion_events(ctx, req, stream, rid, created, len(prompt_ids), echo),
-                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-    out = None
-    try:
-        out = await _collect(stream, request)
-    except RequestAborted:
-        return Response(status_code=499)
-    finally:
-        _record(ctx, stream, out, len(prompt_ids), False)
-    choices = [{"index": c.index, "text": echo + c.text,
-                "logprobs": (_completion_logprobs(ctx, c, 0, req.logprobs, len(echo))
-                             if req.logprobs is not None else None),
-                "finish_reason": c.finish_reason, **_token_ids(req, c)} for c in out.outputs]
-    return JSONResponse({"id": rid, "object": "text_completion", "created": created, "model": ctx.model_name,
-                         "choices": sorted(choices, key=lambda ch: ch["index"]),
-                         "usage": _usage(ctx, out, len(prompt_ids), False),
-                         **({"prompt_token_ids": prompt_ids} if req.return_token_ids else {})})
-
-
-async def _completion_events(ctx: ServingContext, req: CompletionRequest, stream, rid: str, created: int,
-                             prompt_len: int, echo: str):
-    chunk, include_usage = _chunk_writer(ctx, req, rid, created, "text_completion")
-    sent = [[0, 0] for _ in range(req.n)]  # per choice: text chars, tokens with logprobs
-    done = [False] * req.n
-    out = None
-    try:
-        if echo:
-            yield chunk([{"index": i, "text": echo, "logprobs": None, "finish_reason": None} for i in range(req.n)])
-        async for out in stream:
-            for c in out.outputs:
-                if done[c.index]:
-                    continue
-                s = sent[c.index]
-                text, logprobs = "", None
-                if len(c.text) > s[0]:
-                    text, s[0] = c.text[s[0]:], len(c.text)
-                if req.logprobs is not None and len(c.token_ids) > s[1]:
-                    logprobs = _completion_logprobs(ctx, c, s[1], req.logprobs, len(echo) + s[0] - len(text))
-                    s[1] = len(c.token_ids)
-                if text or logprobs or c.finish_reason is not None:
-                    done[c.index] = c.finish_reason is not None
-                    yield chunk([{"index": c.index, "text": text, "logprobs": logprobs,
-                                  "finish_reason": c.finish_reason}])
-        if include_usage:
-            yield chunk([], usage=_usage(ctx, out, prompt_len, False))
-        yield "data: [DONE]\n\n"
-    except RequestAborted:
-        return
-    except Exception as e:
-        yield _stream_error(e)
-    finally:
-        stream.close()
-        _record(ctx, stream, out, prompt_len, False)
+        record(ctx, stream, out, prompt_len, thinking)

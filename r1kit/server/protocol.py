@@ -69,6 +69,7 @@ class _SamplingFields(_Request):
     ignore_eos: bool = False
     max_thinking_tokens: Optional[int] = Field(None, ge=0)
     return_token_ids: bool = False  # extension (as vLLM): prompt_token_ids and choices[].token_ids, non-streaming
+    logit_bias: Optional[dict[str, float]] = None  # token id (a JSON key: a string) -> bias in [-100, 100]
     user: Optional[str] = None
 
 
@@ -107,10 +108,25 @@ class ChatCompletionRequest(_SamplingFields):
         return True
 
 
+TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+MAX_PROMPTS = 2048  # prompts in one /v1/completions request (OpenAI's limit for token-id arrays)
+
+
 class CompletionRequest(_SamplingFields):
-    prompt: Union[Text, Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]]
+    # one prompt (text or token ids) or a batch of them: one choice per prompt (times n)
+    prompt: Union[Text, TokenIds, Annotated[list[Text], Field(min_length=1, max_length=MAX_PROMPTS)],
+                  Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_PROMPTS)]]
+    max_tokens: Optional[int] = Field(None, ge=0)  # 0 with echo: score the prompt without generating
     logprobs: Optional[int] = Field(None, ge=0, le=20)
     echo: bool = False
+    best_of: Optional[int] = Field(None, ge=1, le=32)
+    suffix: Optional[str] = None  # refused with a 400: no fill-in-the-middle
+
+    def prompts(self) -> list[str] | list[list[int]]:
+        """The prompt as a batch: a list of texts or a list of token-id lists."""
+        if isinstance(self.prompt, str) or (self.prompt and isinstance(self.prompt[0], int)):
+            return [self.prompt]
+        return list(self.prompt)
 
 
 # ---- responses ----
