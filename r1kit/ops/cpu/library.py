@@ -8,7 +8,8 @@ one warning, except for R1KIT_NATIVE=0) and the ops run their torch reference (r
 
 The boundary is declared once, in csrc/kernels.h: every .c file includes it (the compiler checks each definition
 against it) and `prototypes` parses it into the ctypes argument and return types set on the library, so a call
-from Python is converted to exactly the C types (tests/test_ops_boundary.py checks the call sites' argument counts).
+from Python is converted to exactly the C types (tests/test_ops_boundary.py checks each call site's argument count and
+that it passes an address exactly where the prototype has a pointer: ctypes takes a Python int for both).
 """
 from __future__ import annotations
 
