@@ -89,10 +89,11 @@ def policy_logprobs(model, batch: PackedGroups, temperature: float, device, dtyp
         return packed_logprobs(model, batch, temperature, with_entropy)
 
 
-def train_grpo(model: str, out: str, cfg: GRPOConfig, tasks: list[str] = (), reward: str | None = None,
+def train_grpo(model_path: str, out: str, cfg: GRPOConfig, tasks: list[str] = (), reward: str | None = None,
                resume: bool | str = False, examples: list[dict] | None = None,
                rewards: CombinedReward | None = None, extra_config: dict | None = None) -> Path:
-    """Train `model` with GRPO on `tasks` (or the given `examples` and `rewards`); returns the final model dir.
+    """Train the model at `model_path` (a model directory or what r1kit.models.load_model takes: the CLI's --model)
+    with GRPO on `tasks` (or the given `examples` and `rewards`); returns the final model dir.
     `reward` is a reward spec ("accuracy:1.0,format:0.2"; default: each task's own scorer)."""
     from r1kit.tokenizer import load_tokenizer
 
@@ -111,14 +112,14 @@ def train_grpo(model: str, out: str, cfg: GRPOConfig, tasks: list[str] = (), rew
         raise UserError("no prompts: give --task NAME")
     log = RunLog(out, info)
     ckpt = find_resume_checkpoint(out, resume)
-    log.save_config(cfg, {"model": model, "tasks": list(tasks), "reward": reward, "world_size": info.world_size,
+    log.save_config(cfg, {"model": model_path, "tasks": list(tasks), "reward": reward, "world_size": info.world_size,
                           "rewards": {name: w for name, (_, w) in rewards.parts.items()}, **(extra_config or {})})
-    tokenizer = load_tokenizer(model)
+    tokenizer = load_tokenizer(model_path)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    policy, train_model, optimizer, scheduler, state = prepare_training(model, ckpt, info, cfg)
+    policy, train_model, optimizer, scheduler, state = prepare_training(model_path, ckpt, info, cfg)
     ref = None
     if cfg.beta > 0:
-        ref = load_policy(model, info.device).eval().requires_grad_(False)
+        ref = load_policy(model_path, info.device).eval().requires_grad_(False)
     stream = PromptStream(examples, cfg.seed, info.rank, info.world_size)
     start = 0
     if state is not None:
@@ -181,11 +182,11 @@ def train_grpo(model: str, out: str, cfg: GRPOConfig, tasks: list[str] = (), rew
         bar.set_postfix(reward=f"{record['reward']:.3f}", len=f"{record['completion_length']:.0f}")
         save, stop = checkpoint_due(cfg, step + 1)
         if save:
-            _checkpoint(log, info, step + 1, policy, optimizer, scheduler, ref, stream, model, cfg)
+            _checkpoint(log, info, step + 1, policy, optimizer, scheduler, ref, stream, model_path, cfg)
         if stop:
             return None
-    _checkpoint(log, info, cfg.max_steps, policy, optimizer, scheduler, ref, stream, model, cfg)
-    return finish_run(log, info, policy, model)
+    _checkpoint(log, info, cfg.max_steps, policy, optimizer, scheduler, ref, stream, model_path, cfg)
+    return finish_run(log, info, policy, model_path)
 
 
 def _train_on(samples, adv, train_model, policy, ref, optimizer, scheduler, cfg: GRPOConfig, info: DistInfo,
@@ -316,7 +317,7 @@ def _metrics(step, samples, groups, rewards, cfg, info, stats, t_rollout, t_trai
     return rec
 
 
-def _checkpoint(log, info, step, policy, optimizer, scheduler, ref, stream, model_src, cfg) -> None:
+def _checkpoint(log, info, step, policy, optimizer, scheduler, ref, stream, model_path, cfg) -> None:
     cursors = all_gather_objects(stream.cursor, info)
     full = full_model_for_saving(unwrap(policy))          # FSDP: both gather full tensors (collectives)
     optim_state = optimizer_state_for_saving(unwrap(policy), optimizer)
@@ -324,6 +325,6 @@ def _checkpoint(log, info, step, policy, optimizer, scheduler, ref, stream, mode
         state = {"optimizer": optim_state, "scheduler": scheduler.state_dict(),
                  "prompt_cursors": cursors, "data_position": cursors,
                  "ref": ref.state_dict() if ref is not None and cfg.ref_refresh_steps else None}
-        save_checkpoint(log.dir, step, full, state, keep_last=cfg.keep_last, tokenizer_src=model_src)
+        save_checkpoint(log.dir, step, full, state, keep_last=cfg.keep_last, tokenizer_src=model_path)
     barrier(info)
 

@@ -20,10 +20,10 @@ def load_policy(model_path: str | os.PathLike, device: torch.device) -> torch.nn
     return model
 
 
-def prepare_training(model_src: str | os.PathLike, ckpt: Path | None, info: DistInfo, cfg):
+def prepare_training(model_path: str | os.PathLike, ckpt: Path | None, info: DistInfo, cfg):
     """The policy (from `ckpt` when resuming), its DDP/FSDP wrapper, optimizer and scheduler, with their state
     restored from `ckpt`. Returns (policy, train_model, optimizer, scheduler, trainer_state or None)."""
-    policy = load_policy(ckpt / "model" if ckpt else model_src, info.device)
+    policy = load_policy(ckpt / "model" if ckpt else model_path, info.device)
     train_model = wrap_model(policy, info, cfg.fsdp)      # before the optimizer: FSDP2 replaces the parameters
     optimizer, scheduler = build_optimizer(policy, cfg)
     state = None

@@ -25,9 +25,10 @@ from r1kit.train.setup import prepare_training
 from r1kit.train.sft_data import bucket, collate, encode_conversation, pack, read_jsonl_conversations, row_indices
 
 
-def train_sft(model: str, out: str, cfg: SFTConfig, data: list[str] = (), tasks: list[str] = (),
+def train_sft(model_path: str, out: str, cfg: SFTConfig, data: list[str] = (), tasks: list[str] = (),
               resume: bool | str = False, extra_config: dict | None = None) -> Path:
-    """Fine-tune `model` on `data` JSONL files and/or cold-start traces of `tasks`; returns the final model dir."""
+    """Fine-tune the model at `model_path` (a model directory or what r1kit.models.load_model takes: the CLI's
+    --model) on `data` JSONL files and/or cold-start traces of `tasks`; returns the final model dir."""
     from r1kit.tokenizer import load_tokenizer
 
     info = init_distributed(cfg.device)
@@ -35,7 +36,7 @@ def train_sft(model: str, out: str, cfg: SFTConfig, data: list[str] = (), tasks:
     random.seed(cfg.seed)
     log = RunLog(out, info)
     ckpt = find_resume_checkpoint(out, resume)
-    tokenizer = load_tokenizer(model)
+    tokenizer = load_tokenizer(model_path)
     convs = [c for path in data for c in read_jsonl_conversations(path)]
     if not convs and not tasks:
         raise UserError("no training data: give --data FILE.jsonl and/or --task NAME")
@@ -51,10 +52,10 @@ def train_sft(model: str, out: str, cfg: SFTConfig, data: list[str] = (), tasks:
     global_batch = cfg.batch_size * cfg.grad_accum_steps * info.world_size
     if cfg.epochs > 0:
         cfg.max_steps = max(1, math.ceil(cfg.epochs * len(rows) / global_batch))
-    log.save_config(cfg, {"model": model, "data": list(data), "tasks": list(tasks), "world_size": info.world_size,
-                          **(extra_config or {})})
+    log.save_config(cfg, {"model": model_path, "data": list(data), "tasks": list(tasks),
+                          "world_size": info.world_size, **(extra_config or {})})
 
-    policy, train_model, optimizer, scheduler, state = prepare_training(model, ckpt, info, cfg)
+    policy, train_model, optimizer, scheduler, state = prepare_training(model_path, ckpt, info, cfg)
     start = state["step"] if state is not None else 0
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
@@ -99,19 +100,19 @@ def train_sft(model: str, out: str, cfg: SFTConfig, data: list[str] = (), tasks:
         bar.set_postfix(loss=f"{loss_mean:.4f}", lr=f"{lr:.2e}")
         save, stop = checkpoint_due(cfg, step + 1)
         if save:
-            _checkpoint(log, info, step + 1, policy, optimizer, scheduler, model, cfg)
+            _checkpoint(log, info, step + 1, policy, optimizer, scheduler, model_path, cfg)
         if stop:
             return None
-    _checkpoint(log, info, cfg.max_steps, policy, optimizer, scheduler, model, cfg)
-    return finish_run(log, info, policy, model)
+    _checkpoint(log, info, cfg.max_steps, policy, optimizer, scheduler, model_path, cfg)
+    return finish_run(log, info, policy, model_path)
 
 
-def _checkpoint(log: RunLog, info: DistInfo, step: int, policy, optimizer, scheduler, model_src, cfg) -> None:
+def _checkpoint(log: RunLog, info: DistInfo, step: int, policy, optimizer, scheduler, model_path, cfg) -> None:
     full = full_model_for_saving(unwrap(policy))          # FSDP: both gather full tensors (collectives)
     optim_state = optimizer_state_for_saving(unwrap(policy), optimizer)
     if info.is_main:
         save_checkpoint(log.dir, step, full, {"optimizer": optim_state, "scheduler": scheduler.state_dict(),
-                        "data_position": step}, keep_last=cfg.keep_last, tokenizer_src=model_src)
+                        "data_position": step}, keep_last=cfg.keep_last, tokenizer_src=model_path)
     barrier(info)
 
 
