@@ -15,6 +15,7 @@ implementations alternate, inference mode, median of the repeats.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import tempfile
 import time
@@ -31,13 +32,14 @@ from r1kit.models.registry import build_model
 
 def _torch(*args, padded_max_rows: int | None = None):
     """r1kit's PyTorch path (the C kernel switched off), optionally with the padded formulation off too."""
-    saved = ge.PADDED_MAX_ROWS
-    ge.PADDED_MAX_ROWS = saved if padded_max_rows is None else padded_max_rows
+    saved = ge.TUNING["cpu"]
+    if padded_max_rows is not None:
+        ge.TUNING["cpu"] = dataclasses.replace(saved, padded_max_rows=padded_max_rows)
     try:
         with use_backend("torch"):
             return ge.routed_swiglu(*args)
     finally:
-        ge.PADDED_MAX_ROWS = saved
+        ge.TUNING["cpu"] = saved
 
 
 def _with_tile(tile: int):

@@ -2,6 +2,8 @@
 training-time MoE balancing (bias update, sequence-wise aux loss)."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import transformers
@@ -263,7 +265,7 @@ def test_decode_sized_batches_route_through_padded_experts_exactly(monkeypatch):
     monkeypatch.setattr(ge, "_padded", lambda *a: calls.append(a[-1]) or padded(*a))  # records the padded cap
     with torch.inference_mode():
         auto = ge.routed_swiglu(x, idx, w, gate_up, down)
-        monkeypatch.setattr(ge, "PADDED_MAX_ROWS", 0)  # force the grouped (per-expert mm) formulation
+        monkeypatch.setitem(ge.TUNING, "cpu", dataclasses.replace(ge.TUNING["cpu"], padded_max_rows=0))  # grouped
         grouped = ge.routed_swiglu(x, idx, w, gate_up, down)
     assert len(calls) == 1 and calls[0] < 32  # the padded path ran once, with a decode-sized cap
     torch.testing.assert_close(auto, grouped, rtol=1e-5, atol=1e-6)

@@ -9,9 +9,10 @@ runs:
     other devices:  torch          (a CUDA backend would register its ops and add itself to BACKENDS["cuda"])
 
 A backend implementation takes or declines a call from what it is given -- the device and dtype of the tensors,
-whether gradients are needed, the shapes -- by returning its result or None. Thresholds measured for a backend
-(e.g. how many rows per expert the CPU decode kernel is worth it for) live with that backend's implementation, not
-here and not in the model code. The torch reference never declines, so every call has an answer.
+whether gradients are needed, the shapes -- by returning its result or None. Thresholds live with what they were
+measured for, not here and not in the model code: a backend's (how many rows per expert the CPU decode kernel is
+worth it for) in its implementation (r1kit/ops/cpu/backend.py), the torch formulations' per device type in the op's
+module (r1kit/ops/experts.py, TUNING). The torch reference never declines, so every call has an answer.
 
 `use_backend("torch")` runs the reference only (tests run each test both ways); `use_backend("cpu")` puts the cpu
 backend first on every device, and when it is unavailable (no C compiler, R1KIT_NATIVE=0, a failed build) warns

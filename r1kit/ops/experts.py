@@ -24,23 +24,34 @@ weights, computed in fp32) and, for fp32, the C glue of the grouped formulation.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from r1kit.ops import dispatch
 
-# Without gradients the padded formulation runs when no expert has more than PADDED_MAX_ROWS rows and the padded
-# batch [E, cap] holds at most PADDED_MAX_WASTE times the real rows. Measured on a 2-core CPU (bench/moe_decode.py:
-# with two threads a per-expert mm of a few rows costs more in threading and call overhead than in FLOPs; with
-# mostly-empty experts the padded bmm would compute and read weights for nothing); on a GPU, where the per-expert
-# loop costs kernel launches, the same limits apply until someone measures better ones.
-PADDED_MAX_ROWS = 64
-PADDED_MAX_WASTE = 4
-# bf16/fp16 matmuls on CPU go through oneDNN, which JIT-builds a kernel for every new (M, K, N) and caches it: with
-# each expert's row count new at every step, that costs ~50-250 us per matmul (1.9x slower than fp32 overall in a
-# GRPO training phase). Padding each expert's rows to a multiple of this keeps the shapes few and cached.
-HALF_CPU_ROW_ALIGN = 32
+
+@dataclass(frozen=True)
+class Tuning:
+    """Which torch formulation runs, from measurements on one kind of device."""
+    padded_max_rows: int  # no gradients: padded when no expert has more rows than this (0: never) ...
+    padded_max_waste: float  # ... and the padded batch [E, cap] holds at most this many times the real rows
+    half_row_align: int = 1  # grouped, bf16/fp16: each expert's rows padded to a multiple of this
+
+
+# The thresholds belong to the device they were measured on (r1kit/ops/dispatch.py); a device's backend adds its
+# entry. CPU, measured on 2 cores (bench/moe_decode.py): with two threads a per-expert mm of a few rows costs more in
+# threading and call overhead than in FLOPs, and with mostly-empty experts the padded bmm would compute and read
+# weights for nothing. bf16/fp16 matmuls on CPU go through oneDNN, which JIT-builds a kernel for every new (M, K, N)
+# and caches it: with each expert's row count new at every step, that costs ~50-250 us per matmul (1.9x slower than
+# fp32 overall in a GRPO training phase); padding each expert's rows to a multiple of 32 keeps the shapes few.
+TUNING: dict[str, Tuning] = {"cpu": Tuning(padded_max_rows=64, padded_max_waste=4, half_row_align=32)}
+# Devices without an entry: nothing measured. Decode-sized batches keep the padded formulation with the CPU's row
+# limits (on a GPU a per-expert loop costs kernel launches instead of threading overhead) until a measurement there
+# gives the device its own entry.
+UNMEASURED = Tuning(padded_max_rows=64, padded_max_waste=4)
 
 
 def _runs(counts: list[int], *tensors: torch.Tensor):
@@ -218,7 +229,9 @@ def reference(x, idx, w, gate_up, down, grad: bool, glue_layout=None) -> torch.T
     flat = idx.flatten()
     counts_t = torch.bincount(flat, minlength=gate_up.shape[0])  # [E] rows per expert
     cap = int(counts_t.max())
-    if not grad and 0 < cap <= PADDED_MAX_ROWS and counts_t.numel() * cap <= PADDED_MAX_WASTE * flat.numel():
+    tuning = TUNING.get(x.device.type, UNMEASURED)
+    padded_rows = counts_t.numel() * cap
+    if not grad and 0 < cap <= tuning.padded_max_rows and padded_rows <= tuning.padded_max_waste * flat.numel():
         with torch.no_grad():
             return _padded(x, idx, w, gate_up, down, counts_t, cap)
     got = None if glue_layout is None else glue_layout(x, w, flat, counts_t, gate_up.shape[0], k)
@@ -237,7 +250,9 @@ dispatch.register("routed_swiglu", "torch")(reference)
 
 
 def _row_align(x: torch.Tensor) -> int:
-    return HALF_CPU_ROW_ALIGN if x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16) else 1
+    """Rows per expert in the grouped layout are padded to a multiple of this (TUNING: bf16/fp16 on CPU)."""
+    half = x.dtype in (torch.bfloat16, torch.float16)
+    return TUNING.get(x.device.type, UNMEASURED).half_row_align if half else 1
 
 
 class _NoCtx:
