@@ -55,10 +55,5 @@ class AttentionContext:
     derived: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
-    def is_decode(self) -> bool:
-        """Every sequence brings exactly one new token (the fast batched decode path)."""
-        return all(q == 1 for q in self.query_lens)
-
-    @property
     def num_seqs(self) -> int:
         return len(self.query_lens)
