@@ -5,6 +5,7 @@
   r1kit/ops/dispatch.py only.
 - r1kit.ops depends on nothing else in r1kit at run time (type-only imports under TYPE_CHECKING do not count).
 - transformers is never imported by r1kit (it is the tests' oracle).
+- r1kit/models/ has no device branches (an if on a device or its kind): that is the dispatch's business.
 """
 from __future__ import annotations
 
@@ -118,3 +119,27 @@ def test_r1kit_never_imports_transformers_at_run_time():
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             users += [module_name(path) for n in names if n.split(".")[0] == "transformers"]
     assert users == []
+
+
+def device_branches(source: str) -> list[str]:
+    """The tests of `if`s, conditional expressions and boolean operands in `source` that look at a device or a device
+    kind: a tensor's/model's .device / .is_cuda / .is_cpu, or the strings "cpu", "cuda", "mps" in a comparison."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        tests = ([node.test] if isinstance(node, (ast.If, ast.IfExp, ast.While)) else
+                 node.values if isinstance(node, ast.BoolOp) else [])
+        for test in tests:
+            names = {n.attr for n in ast.walk(test) if isinstance(n, ast.Attribute)}
+            strings = {n.value for n in ast.walk(test) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+            if names & {"device", "is_cuda", "is_cpu", "is_mps"} or strings & {"cpu", "cuda", "mps"}:
+                found.append(ast.unparse(test))
+    return found
+
+
+def test_models_have_no_device_branches():
+    """Model code calls ops; which implementation suits a device is the dispatch's business (r1kit/ops/dispatch.py)."""
+    assert device_branches("if x.device.type == 'cpu':\n    pass\ny = a if t.is_cuda else b\n") == [
+        "x.device.type == 'cpu'", "t.is_cuda"]  # the finder finds them
+    assert device_branches("with torch.autocast(x.device.type, enabled=False):\n    y = f(x.to(x.device))\n") == []
+    offenders = {module_name(p): device_branches(p.read_text()) for p in (ROOT / "models").rglob("*.py")}
+    assert {m: b for m, b in offenders.items() if b} == {}
