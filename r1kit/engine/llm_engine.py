@@ -29,6 +29,7 @@ from r1kit.engine.sampling_params import InvalidSamplingParam, SamplingParams
 from r1kit.engine.scheduler import Scheduler
 from r1kit.engine.sequence import Sequence
 from r1kit.engine.stats import EngineStats
+from r1kit.engine.structured_output import GrammarCompiler
 
 
 class _Request:
@@ -64,6 +65,7 @@ class LLMEngine:
         get_reasoning_parser(reasoning_parser)  # unknown names fail here, not at the first request
         self.think_start, self.think_end = tokenizer.think_start_id, tokenizer.think_end_id
         self.seed = seed
+        self.grammars = GrammarCompiler(tokenizer, cfg.vocab_size, sorted(self.eos_ids))
         self.requests: dict[str, _Request] = {}
         self._dirty: set[str] = set()  # requests with news outside a forward (finished when added)
         self.stats_tracker = EngineStats()
@@ -88,11 +90,14 @@ class LLMEngine:
         if bad:
             raise InvalidSamplingParam("logit_bias", f"logit_bias has token id {bad[0]} outside the vocabulary "
                                                      f"[0, {vocab})")
+        grammar = self.grammars.matcher(params.structured_outputs) if params.structured_outputs else None
         req = _Request(request_id, prompt if isinstance(prompt, str) else None, ids, params)
         prefilled = self._prefilled(ids)
         for i in range(params.n):
             gen = make_generator(params.seed, i, self.runner.device) if params.seed is not None else None
             seq = Sequence(request_id, i, ids, params, gen)
+            if grammar is not None:
+                seq.grammar = grammar if i == 0 else grammar.deep_copy()
             seq.thinking_done = not prefilled
             parser = get_reasoning_parser(self.reasoning_parser, prefilled=prefilled)
             req.seqs.append(seq)
@@ -193,6 +198,11 @@ class LLMEngine:
 
     def _append(self, req: _Request, seq: Sequence, token: int, lp: dict | None) -> None:
         p, text = seq.params, req.texts[seq.index]
+        constrained = seq.constrained
+        if constrained and not seq.grammar.consume_token(token):  # cannot happen with the mask; be safe
+            seq.token_ids.append(token)
+            seq.logprobs.append(lp)
+            return self._finish(seq, text, "stop", "structured_output_error")
         seq.token_ids.append(token)
         seq.logprobs.append(lp)
         if req.first_token_time is None:
@@ -211,6 +221,8 @@ class LLMEngine:
                 seq.num_thinking_tokens += 1
         elif token == self.think_start and seq.num_thinking_tokens == 0 and self.think_end not in seq.output_token_ids:
             seq.thinking_done = False  # the model opened its own thinking block
+        if constrained and seq.grammar.is_stopped():  # the structured answer is complete
+            return self._finish(seq, text, "stop")
         if self._out_of_room(seq):
             return self._finish(seq, text, "length")
         budget = p.max_thinking_tokens

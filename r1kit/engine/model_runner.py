@@ -18,6 +18,7 @@ import torch
 from dataclasses import dataclass, field
 
 from r1kit.engine.sampler import Sampler, SamplerOutput, token_logprobs
+from r1kit.engine.structured_output import allowed_tokens, bitmasks
 from r1kit.engine.scheduler import ScheduledBatch
 from r1kit.engine.sequence import Sequence
 from r1kit.models.context import AttentionContext
@@ -136,9 +137,14 @@ class ModelRunner:
         logits = logits[:len(seqs)]
         params = [s.params for s in seqs]
         need_ids = any(p.has_penalties or p.min_tokens > 0 for p in params)
+        rows = [i for i, s in enumerate(seqs) if s.constrained]
+        allowed = None
+        if rows:  # structured outputs: each constrained row's grammar says which tokens may come next
+            V = logits.shape[1]
+            allowed = (rows, allowed_tokens(bitmasks([seqs[i].grammar for i in rows], V), V))
         out = self.sampler(logits, params, [s.generator for s in seqs],
                            prompt_ids=[s.token_ids[:s.num_prompt_tokens] for s in seqs] if need_ids else None,
-                           output_ids=[s.output_token_ids for s in seqs] if need_ids else None)
+                           output_ids=[s.output_token_ids for s in seqs] if need_ids else None, allowed=allowed)
         return StepOutput(seqs, out, prompt_lps)
 
     def _prompt_logprobs(self, logits: torch.Tensor, spans) -> list[PromptLogprobs]:

@@ -24,6 +24,8 @@ Pipeline, per row, in this order
      presence * [count_in_output > 0]). Counts come from one scatter_add over a padded id tensor; only the
      logits of seen ids are gathered, changed and scattered back.
   1b. logit_bias: the request's {token id: bias} added to those logits (OpenAI's and vLLM's logit_bias).
+  1c. structured outputs: `allowed` = (rows, bool mask [len(rows), V]); tokens a row's grammar does not allow
+      get -inf (the masks come from r1kit.engine.structured_output, computed by the model runner).
   2. min_tokens: while len(output) < min_tokens, stop_token_ids and the eos ids (unless ignore_eos) get -inf.
   3. logprobs = log_softmax(logits / T) over the full vocabulary (T = 1 for greedy rows): after penalties and
      min_tokens, before any truncation, so they are the logprobs of the temperature-scaled policy.
@@ -119,7 +121,8 @@ class Sampler:
     def __call__(self, logits: torch.Tensor, params: Sequence[SamplingParams],
                  generators: Sequence[torch.Generator | None] | None = None,
                  prompt_ids: Sequence[Sequence[int]] | None = None,
-                 output_ids: Sequence[Sequence[int]] | None = None) -> SamplerOutput:
+                 output_ids: Sequence[Sequence[int]] | None = None,
+                 allowed: tuple[list[int], torch.Tensor] | None = None) -> SamplerOutput:
         B, V = logits.shape
         if len(params) != B:
             raise ValueError(f"got {len(params)} SamplingParams for {B} rows of logits")
@@ -132,7 +135,7 @@ class Sampler:
         bias_rows = [i for i, p in enumerate(params) if p.logit_bias]
         want_lp = any(p.logprobs is not None for p in params)
         all_greedy = all(p.is_greedy for p in params)
-        if all_greedy and not pen_rows and not min_rows and not bias_rows and not want_lp:  # fast path
+        if all_greedy and not pen_rows and not min_rows and not bias_rows and not want_lp and not allowed:
             return SamplerOutput(token_ids=logits.argmax(dim=-1))
 
         if pen_rows:
@@ -149,10 +152,15 @@ class Sampler:
                 logits[idx] = apply_penalties(logits[idx], sub(params), prompts, sub(output_ids))
         if bias_rows:
             logits = _add_logit_bias(logits if pen_rows else logits.clone(), params, bias_rows)
+        if allowed:
+            rows, mask = allowed
+            logits = logits if (pen_rows or bias_rows) else logits.clone()
+            idx = torch.tensor(rows, device=dev)
+            logits[idx] = logits[idx].masked_fill(~mask.to(dev), -math.inf)
         if min_rows:
             _require(output_ids, "output_ids", "min_tokens")
-            logits = self._mask_stop_ids(logits if (pen_rows or bias_rows) else logits.clone(), params, min_rows,
-                                         output_ids)
+            logits = self._mask_stop_ids(logits if (pen_rows or bias_rows or allowed) else logits.clone(), params,
+                                         min_rows, output_ids)
 
         # per-row scalars in one transfer: temperature (1 for greedy), top_k (V when off), top_p, min_p
         rows = torch.tensor([[1.0 if p.is_greedy else p.temperature, float(min(p.top_k or V, V)), p.top_p, p.min_p]

@@ -20,6 +20,7 @@ import copy
 import math
 from dataclasses import dataclass, fields, replace
 
+from r1kit.engine.structured_output import StructuredOutputsParams
 from r1kit.errors import UserError
 
 # Temperatures below this are greedy (argmax), as in vLLM.
@@ -52,6 +53,9 @@ class SamplingParams:
     logprobs: int | None = None             # top logprobs per token; 0 = only the chosen token's logprob
     prompt_logprobs: int | None = None      # per prompt token (the first is None): its logprob + the top N
     logit_bias: dict[int, float] | None = None  # token id -> added to its logit before sampling, in [-100, 100]
+    # the answer follows a JSON schema / regex / choice / grammar (r1kit.engine.structured_output); a dict is
+    # taken as StructuredOutputsParams(**dict)
+    structured_outputs: StructuredOutputsParams | None = None
     presence_penalty: float = 0.0           # OpenAI semantics, on output tokens
     frequency_penalty: float = 0.0          # OpenAI semantics, on output tokens
     repetition_penalty: float = 1.0         # HF/vLLM semantics, on prompt + output tokens
@@ -89,6 +93,11 @@ class SamplingParams:
                                         allowed="must be None, 0 (each prompt token's own logprob) or the number of "
                                                 "top logprobs >= 1")
         self.logit_bias = _bias(self.logit_bias)
+        if isinstance(self.structured_outputs, dict):
+            self.structured_outputs = StructuredOutputsParams(**self.structured_outputs)
+        if self.structured_outputs is not None and not isinstance(self.structured_outputs, StructuredOutputsParams):
+            raise InvalidSamplingParam("structured_outputs", "structured_outputs must be a StructuredOutputsParams "
+                                                             f"or a dict, got {self.structured_outputs!r}")
         for name in ("presence_penalty", "frequency_penalty"):
             setattr(self, name, _float(name, getattr(self, name), "must be in [-2, 2]", lambda x: -2 <= x <= 2))
         self.repetition_penalty = _float("repetition_penalty", self.repetition_penalty,

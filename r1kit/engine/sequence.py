@@ -45,6 +45,7 @@ class Sequence:
         # token has no logprob: None)
         self.prompt_logprobs: list | None = [None] if params.prompt_logprobs is not None and index == 0 else None
         self.thinking_done = False  # not thinking, or the thinking-end token was produced or forced
+        self.grammar = None  # params.structured_outputs: its llguidance matcher (constrains once thinking_done)
         self.num_thinking_tokens = 0  # sampled tokens before thinking ended
 
     def __len__(self) -> int:
@@ -62,6 +63,11 @@ class Sequence:
     def needs_prompt_logprobs(self) -> bool:
         """Its prefill still has prompt logprobs to produce (so it cannot skip prompt blocks via the prefix cache)."""
         return self.prompt_logprobs is not None and len(self.prompt_logprobs) < self.num_prompt_tokens
+
+    @property
+    def constrained(self) -> bool:
+        """Its next token must follow its grammar (structured outputs apply to the answer only)."""
+        return self.grammar is not None and self.thinking_done
 
     @property
     def samples(self) -> bool:

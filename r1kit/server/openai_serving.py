@@ -23,6 +23,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from r1kit.engine.sampling_params import SamplingParams
+from r1kit.engine.structured_output import StructuredOutputsParams
 from r1kit.errors import UserError
 from r1kit.server.async_engine import AsyncEngine, QueueFull, RequestAborted
 from r1kit.server.errors import APIError, error_body, from_user_error
@@ -107,18 +108,54 @@ def sampling_params(ctx: ServingContext, req, prompt_len: int, max_tokens: int |
             stop=req.stop, stop_in_reasoning=req.stop_in_reasoning, ignore_eos=req.ignore_eos, logprobs=logprobs,
             presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
             repetition_penalty=req.repetition_penalty, logit_bias=req.logit_bias,
+            structured_outputs=structured_outputs(req)[0],
             max_thinking_tokens=budget if (thinking and ctx.reasoning) else None)
     except (UserError, ValueError) as e:
         raise from_user_error(e) from None
 
 
-async def submit(ctx: ServingContext, request_id: str, prompt_ids: list[int], params: SamplingParams):
+_STRUCTURED_FIELDS = ("response_format", "structured_outputs", "guided_json", "guided_regex", "guided_choice",
+                      "guided_grammar")
+
+
+def structured_outputs(req) -> tuple[StructuredOutputsParams | None, str | None]:
+    """The request's structured-output constraint and the field that gave it (at most one may)."""
+    given = [f for f in _STRUCTURED_FIELDS if getattr(req, f, None) is not None]
+    given = [f for f in given if f != "response_format" or req.response_format.type != "text"]
+    if not given:
+        return None, None
+    if len(given) > 1:
+        raise APIError(400, f"{given[1]} cannot be combined with {given[0]}: give one structured output",
+                       param=given[1])
+    field, value = given[0], getattr(req, given[0])
+    try:
+        if field == "response_format":
+            if value.type == "json_object":
+                return StructuredOutputsParams(json_object=True), field
+            if value.json_schema is None or value.json_schema.schema_ is None:
+                raise APIError(400, "response_format json_schema needs json_schema.schema",
+                               param="response_format.json_schema")
+            return StructuredOutputsParams(json=value.json_schema.schema_), field
+        if field == "structured_outputs":
+            return StructuredOutputsParams(**value), field
+        key = {"guided_json": "json", "guided_regex": "regex", "guided_choice": "choice",
+               "guided_grammar": "grammar"}[field]
+        return StructuredOutputsParams(**{key: value}), field
+    except (UserError, TypeError) as e:
+        raise APIError(400, f"{field}: {e}", param=field) from None
+
+
+async def submit(ctx: ServingContext, request_id: str, prompt_ids: list[int], params: SamplingParams,
+                 structured_field: str | None = None):
     try:
         return await ctx.engine.submit(request_id, prompt_ids, params)
     except QueueFull as e:
         raise APIError(429, str(e), code="queue_full", headers={"Retry-After": "1"}) from None
     except (UserError, ValueError) as e:
-        raise from_user_error(e) from None
+        err = from_user_error(e)
+        if err.param == "structured_outputs" and structured_field:  # the grammar did not compile
+            err.param = structured_field
+        raise err from None
 
 
 # ---- engine output -> OpenAI fields ----
@@ -251,7 +288,7 @@ async def chat_completion(ctx: ServingContext, req: ChatCompletionRequest, reque
     top_n = req.top_logprobs or 0
     params = sampling_params(ctx, req, len(prompt_ids), max_tokens, top_n if req.logprobs else None, thinking)
     rid, created = new_id("chatcmpl"), now()
-    stream = await submit(ctx, rid, prompt_ids, params)
+    stream = await submit(ctx, rid, prompt_ids, params, structured_outputs(req)[1])
     if req.stream:
         return StreamingResponse(_chat_events(ctx, req, stream, rid, created, len(prompt_ids), thinking, top_n),
                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

@@ -47,6 +47,19 @@ class StreamOptions(_Request):
     include_usage: bool = False
 
 
+class JsonSchemaFormat(_Request):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    name: Optional[str] = None
+    description: Optional[str] = None
+    schema_: Optional[dict[str, Any]] = Field(None, alias="schema")
+    strict: Optional[bool] = None
+
+
+class ResponseFormat(_Request):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: Optional[JsonSchemaFormat] = None
+
+
 class _SamplingFields(_Request):
     """Sampling fields common to both endpoints (OpenAI names; top_k, min_p, repetition_penalty as in vLLM)."""
 
@@ -71,6 +84,14 @@ class _SamplingFields(_Request):
     return_token_ids: bool = False  # extension (as vLLM): prompt_token_ids and choices[].token_ids, non-streaming
     logit_bias: Optional[dict[str, float]] = None  # token id (a JSON key: a string) -> bias in [-100, 100]
     user: Optional[str] = None
+    # structured outputs (at most one; applied to the answer, after the thinking): OpenAI's response_format, and
+    # vLLM's structured_outputs {json|json_object|regex|choice|grammar} and guided_* extensions
+    response_format: Optional[ResponseFormat] = None
+    structured_outputs: Optional[dict[str, Any]] = None
+    guided_json: Optional[Union[dict[str, Any], str]] = None
+    guided_regex: Optional[str] = None
+    guided_choice: Optional[list[str]] = None
+    guided_grammar: Optional[str] = None
 
 
 class TextPart(_Request):

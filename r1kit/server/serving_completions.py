@@ -22,7 +22,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from r1kit.server.async_engine import RequestAborted
 from r1kit.server.errors import APIError
 from r1kit.server.openai_serving import (ServingContext, check_model, chunk_writer, logprob_items, record,
-                                         sampling_params, stream_error, submit, token_ids_field, token_str)
+                                         sampling_params, stream_error, structured_outputs, submit, token_ids_field,
+                                         token_str)
 from r1kit.server.protocol import CompletionRequest, new_id, now
 
 
@@ -77,7 +78,7 @@ async def completion(ctx: ServingContext, req: CompletionRequest, request: Reque
     streams = []
     try:
         for i, (ids, p) in enumerate(zip(batch, params)):
-            streams.append(await submit(ctx, f"{rid}-{i}", ids, p))
+            streams.append(await submit(ctx, f"{rid}-{i}", ids, p, structured_outputs(req)[1]))
     except BaseException:
         for s in streams:
             s.close()
