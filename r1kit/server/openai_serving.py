@@ -280,6 +280,9 @@ def stream_error(e: Exception) -> str:
 
 async def chat_completion(ctx: ServingContext, req: ChatCompletionRequest, request: Request) -> Response:
     check_model(ctx, req.model)
+    refused = req.refuse_unsupported()
+    if refused:
+        raise APIError(400, refused[1], param=refused[0])
     if req.top_logprobs is not None and not req.logprobs:
         raise APIError(400, "top_logprobs requires logprobs: true", param="top_logprobs")
     thinking = req.thinking_enabled()

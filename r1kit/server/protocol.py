@@ -118,6 +118,51 @@ class ChatCompletionRequest(_SamplingFields):
     top_logprobs: Optional[int] = Field(None, ge=0, le=20)
     thinking: Optional[bool] = None
     chat_template_kwargs: Optional[dict[str, Any]] = None
+    # OpenAI fields that do not change the output (hints, bookkeeping): accepted, not used
+    metadata: Optional[dict[str, Any]] = None
+    prompt_cache_key: Optional[str] = None
+    prompt_cache_options: Optional[Any] = None
+    prompt_cache_retention: Optional[Any] = None
+    safety_identifier: Optional[str] = None
+    service_tier: Optional[str] = None
+    prediction: Optional[Any] = None  # predicted output: a latency hint only
+    parallel_tool_calls: Optional[bool] = None
+    store: Optional[bool] = None  # true is refused (nothing is stored)
+    # OpenAI fields r1kit cannot honour: a 400 naming the field when given (see refuse_unsupported)
+    audio: Optional[Any] = None
+    modalities: Optional[list[str]] = None
+    moderation: Optional[Any] = None
+    reasoning_effort: Optional[str] = None
+    verbosity: Optional[str] = None
+    web_search_options: Optional[Any] = None
+    tools: Optional[list[Any]] = None
+    tool_choice: Optional[Any] = None
+    functions: Optional[list[Any]] = None
+    function_call: Optional[Any] = None
+
+    def refuse_unsupported(self) -> tuple[str, str] | None:
+        """(field, why) for the first field given with a value r1kit cannot honour, else None."""
+        why = {
+            "audio": "audio output is not supported (text only)",
+            "moderation": "moderation is not supported",
+            "reasoning_effort": "reasoning_effort is not supported; use max_thinking_tokens (a thinking budget) "
+                                "or thinking: false",
+            "verbosity": "verbosity is not supported",
+            "web_search_options": "web search is not supported",
+            "tools": "tool calls are not supported yet",
+            "functions": "function calls are not supported yet",
+            "function_call": "function calls are not supported yet",
+        }
+        for name, message in why.items():
+            if getattr(self, name) is not None:
+                return name, message
+        if self.tool_choice not in (None, "none"):
+            return "tool_choice", "tool calls are not supported yet (only tool_choice: none)"
+        if self.modalities is not None and self.modalities != ["text"]:
+            return "modalities", "only the text modality is supported"
+        if self.store:
+            return "store", "store: true is not supported (r1kit stores nothing)"
+        return None
 
     def thinking_enabled(self) -> bool:
         if self.thinking is not None:
