@@ -8,7 +8,7 @@ it has no ahead-of-time compile step (a request brings its own schema, e.g. ever
 llguidance builds its matcher lazily in well under a millisecond for ordinary schemas, where xgrammar compiles the
 grammar against the whole vocabulary first), its Lark grammars can name special tokens (R1's tool-call markers
 are special tokens), and it needs no torch extension or compiler. It computes the allowed-token bitmask per
-sequence on the CPU in Rust (threads across the batch, no GIL).
+sequence on the CPU in Rust (~0.1 ms per sequence and step for a JSON schema).
 
 Reasoning models keep their thinking: the constraint starts once the thinking is over (the sequence's
 `thinking_done`: `</think>` sampled or forced by the thinking budget; at once for outputs that do not think), so
@@ -106,20 +106,31 @@ class GrammarCompiler:
         return m
 
 
-_EXECUTOR = []  # one llguidance thread pool per process, made on first use
 _SHIFTS: dict[Any, torch.Tensor] = {}
+PAR_ROWS = 64  # from this many constrained rows on, llguidance's thread pool fills the masks
 
 
 def bitmasks(matchers: list, vocab_size: int) -> torch.Tensor:
-    """[len(matchers), ceil(V / 32)] int32 on the CPU: bit t of row i set = matchers[i] allows token t next."""
-    from llguidance import LLExecutor
-    from llguidance.torch import fill_next_token_bitmask_par
+    """[len(matchers), ceil(V / 32)] int32 on the CPU: bit t of row i set = matchers[i] allows token t next.
 
-    if not _EXECUTOR:
-        _EXECUTOR.append(LLExecutor())
+    One matcher after the other below PAR_ROWS rows: ~0.1 ms each here, where the thread pool's hand-off cost
+    more than the work on 2 busy cores (measured: 16 rows 1.1 ms in turn vs 17.6 ms through the pool)."""
+    from llguidance.torch import fill_next_token_bitmask, fill_next_token_bitmask_par
+
     mask = torch.full((len(matchers), (vocab_size + 31) // 32), -1, dtype=torch.int32)
+    if len(matchers) < PAR_ROWS:
+        for i, m in enumerate(matchers):
+            fill_next_token_bitmask(m, mask, i)
+        return mask
+    if not _EXECUTOR:
+        from llguidance import LLExecutor
+
+        _EXECUTOR.append(LLExecutor())
     fill_next_token_bitmask_par(_EXECUTOR[0], [(m, i) for i, m in enumerate(matchers)], mask)
     return mask
+
+
+_EXECUTOR: list = []  # one llguidance thread pool per process, made on first use
 
 
 def allowed_tokens(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:
