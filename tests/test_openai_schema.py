@@ -20,6 +20,7 @@ from test_server_errors import request  # noqa: E402  (the tests' raw HTTP helpe
 
 USER = [{"role": "user", "content": "hi"}]
 SCHEMA = {"type": "object", "properties": {"a": {"enum": [1, 2]}}, "required": ["a"], "additionalProperties": False}
+TOOLS = [{"type": "function", "function": {"name": "f", "parameters": SCHEMA}}]
 
 
 def spec_fields(module) -> set[str]:
@@ -65,7 +66,7 @@ CHAT = {  # field -> ("honoured", value, check) | ("neutral", value) | ("refused
     "safety_identifier": ("neutral", "someone"),
     "service_tier": ("neutral", "auto"),
     "prediction": ("neutral", {"type": "content", "content": "hello"}),
-    "parallel_tool_calls": ("neutral", True),
+    "parallel_tool_calls": ("honoured", False, lambda r: len(r["choices"][0]["message"]["tool_calls"]) == 1),
     "store": ("refused", True),
     "audio": ("refused", {"voice": "alloy", "format": "wav"}),
     "modalities": ("refused", ["text", "audio"]),
@@ -73,8 +74,11 @@ CHAT = {  # field -> ("honoured", value, check) | ("neutral", value) | ("refused
     "reasoning_effort": ("refused", "low"),
     "verbosity": ("refused", "low"),
     "web_search_options": ("refused", {}),
-    "tools": ("refused", [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]),
-    "tool_choice": ("refused", "required"),
+    # the tool list reaches the prompt (a bare "hi" is a few tokens); tool_choice "required" forces a call of f
+    "tools": ("honoured", TOOLS, lambda r: len(r["prompt_token_ids"]) > 50),
+    "tool_choice": ("honoured", "required",
+                    lambda r: json.loads(r["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"])
+                    in ({"a": 1}, {"a": 2})),
     "functions": ("refused", [{"name": "f", "parameters": {"type": "object"}}]),
     "function_call": ("refused", "auto"),
 }
@@ -105,7 +109,7 @@ COMPLETIONS = {
 def server(tiny_checkpoint):
     from r1kit.engine.llm import LLM
 
-    engine = LLM(tiny_checkpoint("deepseek_v3"), max_model_len=256, max_num_seqs=8).engine
+    engine = LLM(tiny_checkpoint("deepseek_v3"), max_model_len=1024, max_num_seqs=8).engine
     with BackgroundServer(create_app(engine, "tiny")) as s:
         yield s
 
@@ -132,6 +136,8 @@ def _walk(server, path, table, base):
             body["stream"] = True
         if field == "response_format":
             body["max_tokens"] = 20  # room for the whole object
+        if field in ("tool_choice", "parallel_tool_calls"):
+            body.update(tools=TOOLS, tool_choice="required", max_tokens=150)  # room for the whole call
         status, r = post(server, path, body)
         if kind == "refused":
             assert status == 400 and r["error"]["param"] == field, (field, r)

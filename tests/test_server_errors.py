@@ -86,7 +86,7 @@ USER = [{"role": "user", "content": "hi"}]
     ({"messages": []}, "messages"),
     ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages.0.role"),
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, None),
-    ({"messages": [{"role": "tool", "content": "42"}]}, "messages"),
+    ({"messages": [{"role": "tool", "content": "42"}]}, "messages.0.role"),  # answers no tool call
     ('{"messages": [{"role": "user", "content": "\\ud800"}]}', "messages.0.content"),
     ('{"model": "\\udcff", "messages": [{"role": "user", "content": "hi"}], "temperature": NaN}', "temperature"),
 ])

@@ -116,8 +116,8 @@ def test_r1_chat_format_layout(tok):
 
 
 def test_unsupported_role_is_a_user_error(tok):
-    with pytest.raises(UserError, match="roles system, user and assistant"):
-        tok.apply_chat_template([{"role": "tool", "content": "x"}])
+    with pytest.raises(UserError, match="roles system, user, assistant and tool"):
+        tok.apply_chat_template([{"role": "ipython", "content": "x"}])
 
 
 # A ChatML-style template using what Hub templates use: namespace, loop controls, tojson, raise_exception, kwargs,

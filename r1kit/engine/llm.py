@@ -11,6 +11,7 @@ call `reset_prefix_cache()` (or `free_kv_cache()` during training, `allocate_kv_
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import os
 import time
@@ -55,8 +56,13 @@ def _builtin_path(name: str, seed: int):
 
     from r1kit.models.random_checkpoint import create_random_checkpoint
 
+    from r1kit.tokenizer import r1_chat_template
+
     model_type, _, preset = name[len("random-"):].partition("-")
-    out = os.path.join(tempfile.gettempdir(), f"r1kit-{name}-seed{seed}")
+    # the cache is keyed by the chat template too: one saved (in tokenizer_config.json) before the template changed
+    # would otherwise be served forever
+    fmt = hashlib.sha256(r1_chat_template().encode()).hexdigest()[:8]
+    out = os.path.join(tempfile.gettempdir(), f"r1kit-{name}-seed{seed}-{fmt}")
     if not os.path.exists(os.path.join(out, "config.json")):
         create_random_checkpoint(out, model_type=model_type, preset=preset or "tiny", seed=seed)
     return out

@@ -57,14 +57,16 @@ def preset_config(model_type: str, preset: str = "tiny", vocab_size: int | None 
 
 
 def create_random_checkpoint(out_dir: str | os.PathLike, model_type: str = "deepseek_v3", preset: str = "tiny",
-                             seed: int = 0) -> Path:
-    """Write a random `model_type` model of size `preset` and an R1 tokenizer to out_dir (HF layout); return it."""
+                             seed: int = 0, tool_tokens: bool = False) -> Path:
+    """Write a random `model_type` model of size `preset` and an R1 tokenizer to out_dir (HF layout); return it.
+    tool_tokens: the tokenizer has R1's tool-call tokens (build_r1_tokenizer)."""
     from r1kit.tokenizer import build_r1_tokenizer, default_corpus
 
     out = Path(out_dir)
     target_vocab = PRESETS.get(model_type, {}).get(preset, {}).get("vocab")
     config = preset_config(model_type, preset)  # validates model_type / preset before any work
-    tokenizer = build_r1_tokenizer(default_corpus(seed=seed), target_vocab or config.vocab_size, out)
+    tokenizer = build_r1_tokenizer(default_corpus(seed=seed), target_vocab or config.vocab_size, out,
+                                   tool_tokens=tool_tokens)
     config = preset_config(model_type, preset, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
                            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     model = build_model(config, device="cpu", dtype="float32", init=True, seed=seed)

@@ -9,6 +9,7 @@ Reasoning models, in OpenAI's shapes:
 - Otherwise the engine's reasoning parser splits each completion: CompletionOutput.reasoning -> reasoning_content,
   .content -> content. Both only grow, so streaming sends plain suffix diffs and never leaks one into the other.
 - usage.completion_tokens_details.reasoning_tokens = generated tokens before the end of thinking.
+- Tools (tool_calls.py): the template lists them; the answer is parsed into message.tool_calls.
 """
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ from r1kit.server.async_engine import AsyncEngine, QueueFull, RequestAborted
 from r1kit.server.errors import APIError, error_body, from_user_error
 from r1kit.server.metrics import Metrics
 from r1kit.server.protocol import ChatCompletionRequest, new_id, now
+from r1kit.server.tool_calls import ToolCallStream, ToolPolicy, message_fields, tool_grammar, tool_policy
+from r1kit.tokenizer.r1_format import TOOL_CALLS_BEGIN
 
 EMPTY_THINKING = "<think>\n\n</think>\n\n"
 _RESERVED_TEMPLATE_KWARGS = {"messages", "add_generation_prompt", "tokenize", "chat_template"}
@@ -71,21 +74,29 @@ def close_thinking(prompt: str) -> str:
     return head + EMPTY_THINKING[len("<think>"):] if head.endswith("<think>") else prompt + EMPTY_THINKING
 
 
-def render_chat_prompt(ctx: ServingContext, req: ChatCompletionRequest, thinking: bool) -> list[int]:
-    # role + content only: reasoning_content of earlier turns is dropped on purpose.
-    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
+def render_chat_prompt(ctx: ServingContext, req: ChatCompletionRequest, thinking: bool,
+                       add_generation_prompt: bool = True) -> list[int]:
+    # role + content (+ tool calls and tool results): reasoning_content of earlier turns is dropped on purpose.
+    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text(),
+                 "tool_calls": [c.model_dump() for c in m.tool_calls] if m.tool_calls else None,
+                 "tool_call_id": m.tool_call_id, "name": m.name if m.role == "tool" else None} for m in req.messages]
     kwargs = {k: v for k, v in (req.chat_template_kwargs or {}).items() if k not in _RESERVED_TEMPLATE_KWARGS}
+    if req.tools:
+        kwargs["tools"] = [t.model_dump(exclude_none=True) for t in req.tools]
     try:
-        text = ctx.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **kwargs)
+        text = ctx.tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False,
+                                                 **kwargs)
     except (UserError, ValueError, TypeError, jinja2.TemplateError) as e:
         raise APIError(400, f"the chat template cannot render these messages: {e}", param="messages") from None
-    if ctx.reasoning and not thinking:
+    if ctx.reasoning and not thinking and add_generation_prompt:
         text = close_thinking(text)
     return ctx.tokenizer.encode(text)
 
 
 def sampling_params(ctx: ServingContext, req, prompt_len: int, max_tokens: int | None, logprobs: int | None,
-                     thinking: bool) -> SamplingParams:
+                     thinking: bool, constraint: StructuredOutputsParams | None = None,
+                     tools: ToolPolicy | None = None) -> SamplingParams:
+    """`constraint` replaces the request's own structured output (a tool_choice grammar)."""
     limit = ctx.max_model_len
     if limit is not None:
         room = limit - prompt_len
@@ -108,10 +119,17 @@ def sampling_params(ctx: ServingContext, req, prompt_len: int, max_tokens: int |
             stop=req.stop, stop_in_reasoning=req.stop_in_reasoning, ignore_eos=req.ignore_eos, logprobs=logprobs,
             presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
             repetition_penalty=req.repetition_penalty, logit_bias=req.logit_bias,
-            structured_outputs=structured_outputs(req)[0],
+            structured_outputs=constraint or structured_outputs(req)[0],
+            # a tokenizer that marks the tool-call tokens special would drop them from the text the parser reads
+            skip_special_tokens=not (tools and tools.parses and _special(ctx.tokenizer, TOOL_CALLS_BEGIN)),
             max_thinking_tokens=budget if (thinking and ctx.reasoning) else None)
     except (UserError, ValueError) as e:
         raise from_user_error(e) from None
+
+
+def _special(tok, token: str) -> bool:
+    token_id = tok.token_to_id(token)
+    return token_id is not None and token_id in tok.all_special_ids
 
 
 _STRUCTURED_FIELDS = ("response_format", "structured_outputs", "guided_json", "guided_regex", "guided_choice",
@@ -286,14 +304,19 @@ async def chat_completion(ctx: ServingContext, req: ChatCompletionRequest, reque
     if req.top_logprobs is not None and not req.logprobs:
         raise APIError(400, "top_logprobs requires logprobs: true", param="top_logprobs")
     thinking = req.thinking_enabled()
+    constraint, structured_field = structured_outputs(req)
+    tools = tool_policy(req, constraint, structured_field)
+    if tools is not None and (grammar := tool_grammar(tools, ctx.tokenizer)) is not None:
+        constraint, structured_field = grammar, "tools"  # a parameters schema that does not compile: 400 on tools
     prompt_ids = await asyncio.to_thread(render_chat_prompt, ctx, req, thinking)  # off the event loop
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     top_n = req.top_logprobs or 0
-    params = sampling_params(ctx, req, len(prompt_ids), max_tokens, top_n if req.logprobs else None, thinking)
+    params = sampling_params(ctx, req, len(prompt_ids), max_tokens, top_n if req.logprobs else None, thinking,
+                             constraint, tools)
     rid, created = new_id("chatcmpl"), now()
-    stream = await submit(ctx, rid, prompt_ids, params, structured_outputs(req)[1])
+    stream = await submit(ctx, rid, prompt_ids, params, structured_field)
     if req.stream:
-        return StreamingResponse(_chat_events(ctx, req, stream, rid, created, len(prompt_ids), thinking, top_n),
+        return StreamingResponse(_chat_events(ctx, req, stream, rid, created, len(prompt_ids), thinking, top_n, tools),
                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
     out = None
     try:
@@ -305,11 +328,13 @@ async def chat_completion(ctx: ServingContext, req: ChatCompletionRequest, reque
     choices = []
     for c in out.outputs:
         reasoning, content = split_output(ctx, c, thinking)
+        fields = message_fields(content, tools, c.finish_reason)
+        finish_reason = fields.pop("finish_reason")
         choices.append({"index": c.index,
-                        "message": {"role": "assistant", "content": content,
+                        "message": {"role": "assistant", **fields,
                                     "reasoning_content": reasoning if (ctx.reasoning and thinking) else None},
                         "logprobs": _chat_logprobs(ctx, c, 0, top_n) if req.logprobs else None,
-                        "finish_reason": c.finish_reason, **token_ids_field(req, c)})
+                        "finish_reason": finish_reason, **token_ids_field(req, c)})
     return JSONResponse({"id": rid, "object": "chat.completion", "created": created, "model": ctx.model_name,
                          "choices": sorted(choices, key=lambda ch: ch["index"]),
                          "usage": usage_of(ctx, out, len(prompt_ids), thinking),
@@ -317,9 +342,10 @@ async def chat_completion(ctx: ServingContext, req: ChatCompletionRequest, reque
 
 
 async def _chat_events(ctx: ServingContext, req: ChatCompletionRequest, stream, rid: str, created: int,
-                       prompt_len: int, thinking: bool, top_n: int):
+                       prompt_len: int, thinking: bool, top_n: int, tools: ToolPolicy | None):
     chunk, include_usage = chunk_writer(ctx, req, rid, created, "chat.completion.chunk")
     sent = [[0, 0, 0] for _ in range(req.n)]  # per choice: reasoning chars, content chars, tokens with logprobs
+    calls = [ToolCallStream() for _ in range(req.n)] if tools is not None and tools.parses else None
     done = [False] * req.n
     out = None
     try:
@@ -336,7 +362,13 @@ async def _chat_events(ctx: ServingContext, req: ChatCompletionRequest, stream, 
                 delta = {}
                 if len(reasoning) > s[0]:
                     delta["reasoning_content"], s[0] = reasoning[s[0]:], len(reasoning)
-                if len(content) > s[1]:
+                if calls is not None:  # content up to the tool-call block, then the calls
+                    text, tool_deltas = calls[c.index].update(content, final=c.finish_reason is not None)
+                    if text:
+                        delta["content"] = text
+                    if tool_deltas:
+                        delta["tool_calls"] = tool_deltas
+                elif len(content) > s[1]:
                     delta["content"], s[1] = content[s[1]:], len(content)
                 logprobs = None
                 if req.logprobs and len(c.token_ids) > s[2]:
@@ -345,7 +377,10 @@ async def _chat_events(ctx: ServingContext, req: ChatCompletionRequest, stream, 
                     yield chunk([{"index": c.index, "delta": delta, "logprobs": logprobs, "finish_reason": None}])
                 if c.finish_reason is not None:
                     done[c.index] = True
-                    yield chunk([{"index": c.index, "delta": {}, "logprobs": None, "finish_reason": c.finish_reason}])
+                    finish = c.finish_reason
+                    if finish == "stop" and calls is not None and calls[c.index].called:
+                        finish = "tool_calls"
+                    yield chunk([{"index": c.index, "delta": {}, "logprobs": None, "finish_reason": finish}])
         if include_usage:
             yield chunk([], usage=usage_of(ctx, out, prompt_len, thinking))
         yield "data: [DONE]\n\n"

@@ -99,11 +99,48 @@ class TextPart(_Request):
     text: Text
 
 
+FunctionName = Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
+
+
+class FunctionDefinition(_Request):
+    name: FunctionName
+    description: Optional[Text] = None
+    parameters: Optional[dict[str, Any]] = None  # a JSON schema of the arguments object
+    strict: Optional[bool] = None
+
+
+class Tool(_Request):
+    type: Literal["function"]  # OpenAI's "custom" tools (free-form text input) are not supported: 400
+    function: FunctionDefinition
+
+
+class FunctionRef(_Request):
+    name: FunctionName
+
+
+class NamedToolChoice(_Request):
+    type: Literal["function"]
+    function: FunctionRef
+
+
+class FunctionCall(_Request):
+    name: Text
+    arguments: Text  # JSON text, as the model wrote it
+
+
+class ToolCall(_Request):
+    id: Text
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(_Request):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Optional[Union[Text, list[TextPart]]] = None
     reasoning_content: Optional[str] = None  # accepted, never put back into the prompt
     name: Optional[str] = None
+    tool_calls: Optional[list[ToolCall]] = None  # assistant turns that called tools
+    tool_call_id: Optional[Text] = None  # role "tool": the call this result answers
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -126,8 +163,11 @@ class ChatCompletionRequest(_SamplingFields):
     safety_identifier: Optional[str] = None
     service_tier: Optional[str] = None
     prediction: Optional[Any] = None  # predicted output: a latency hint only
-    parallel_tool_calls: Optional[bool] = None
     store: Optional[bool] = None  # true is refused (nothing is stored)
+    # tool calls (server/tool_calls.py): functions only; parallel_tool_calls: false allows one call when enforced
+    tools: Optional[list[Tool]] = Field(None, max_length=128)
+    tool_choice: Optional[Union[Literal["none", "auto", "required"], NamedToolChoice]] = None
+    parallel_tool_calls: Optional[bool] = None
     # OpenAI fields r1kit cannot honour: a 400 naming the field when given (see refuse_unsupported)
     audio: Optional[Any] = None
     modalities: Optional[list[str]] = None
@@ -135,9 +175,7 @@ class ChatCompletionRequest(_SamplingFields):
     reasoning_effort: Optional[str] = None
     verbosity: Optional[str] = None
     web_search_options: Optional[Any] = None
-    tools: Optional[list[Any]] = None
-    tool_choice: Optional[Any] = None
-    functions: Optional[list[Any]] = None
+    functions: Optional[list[Any]] = None  # deprecated by OpenAI for tools; refused in tool_calls.tool_policy
     function_call: Optional[Any] = None
 
     def refuse_unsupported(self) -> tuple[str, str] | None:
@@ -149,15 +187,10 @@ class ChatCompletionRequest(_SamplingFields):
                                 "or thinking: false",
             "verbosity": "verbosity is not supported",
             "web_search_options": "web search is not supported",
-            "tools": "tool calls are not supported yet",
-            "functions": "function calls are not supported yet",
-            "function_call": "function calls are not supported yet",
         }
         for name, message in why.items():
             if getattr(self, name) is not None:
                 return name, message
-        if self.tool_choice not in (None, "none"):
-            return "tool_choice", "tool calls are not supported yet (only tool_choice: none)"
         if self.modalities is not None and self.modalities != ["text"]:
             return "modalities", "only the text modality is supported"
         if self.store:
@@ -234,6 +267,7 @@ class ResponseMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: Optional[str]
     reasoning_content: Optional[str] = None
+    tool_calls: Optional[list[ToolCall]] = None
 
 
 class ChatChoice(BaseModel):
@@ -252,10 +286,18 @@ class ChatCompletionResponse(BaseModel):
     usage: Usage
 
 
+class ToolCallDelta(BaseModel):
+    index: int
+    id: Optional[str] = None
+    type: Optional[Literal["function"]] = None
+    function: dict[str, str]  # name (first delta of a call), arguments (a piece)
+
+
 class Delta(BaseModel):
     role: Optional[Literal["assistant"]] = None
     content: Optional[str] = None
     reasoning_content: Optional[str] = None
+    tool_calls: Optional[list[ToolCallDelta]] = None
 
 
 class ChatChunkChoice(BaseModel):

@@ -46,14 +46,7 @@ def _tokenize(ctx: ServingContext, req) -> list[int]:
     tok = ctx.tokenizer
     if isinstance(req, TokenizeCompletionRequest):
         return tok.encode(req.prompt, add_special_tokens=req.add_special_tokens)
-    if req.add_generation_prompt:
-        return render_chat_prompt(ctx, req, req.thinking_enabled())
-    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
-    try:
-        text = tok.apply_chat_template(messages, add_generation_prompt=False, tokenize=False)
-    except Exception as e:
-        raise APIError(400, f"the chat template cannot render these messages: {e}", param="messages") from None
-    return tok.encode(text)
+    return render_chat_prompt(ctx, req, req.thinking_enabled(), req.add_generation_prompt)
 
 
 async def tokenize(ctx: ServingContext, req) -> dict:

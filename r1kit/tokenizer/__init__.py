@@ -11,9 +11,9 @@ from r1kit.tokenizer.bpe import build_r1_tokenizer
 from r1kit.tokenizer.corpus import default_corpus
 from r1kit.tokenizer.hf_tokenizer import Tokenizer, load_tokenizer
 from r1kit.tokenizer.incremental import IncrementalDecoder
-from r1kit.tokenizer.r1_format import (ANSWER_END, ANSWER_START, ASSISTANT, BOS, EOS, PAD, THINK_END, THINK_START, USER,
-                                       r1_chat_template)
+from r1kit.tokenizer.r1_format import (ANSWER_END, ANSWER_START, ASSISTANT, BOS, EOS, PAD, THINK_END, THINK_START,
+                                       TOOL_TOKENS, USER, r1_chat_template)
 
-__all__ = ["ANSWER_END", "ANSWER_START", "ASSISTANT", "BOS", "EOS", "PAD", "THINK_END", "THINK_START", "USER",
-           "IncrementalDecoder", "Tokenizer", "build_r1_tokenizer", "default_corpus", "load_tokenizer",
+__all__ = ["ANSWER_END", "ANSWER_START", "ASSISTANT", "BOS", "EOS", "PAD", "THINK_END", "THINK_START", "TOOL_TOKENS",
+           "USER", "IncrementalDecoder", "Tokenizer", "build_r1_tokenizer", "default_corpus", "load_tokenizer",
            "r1_chat_template"]

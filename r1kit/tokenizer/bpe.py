@@ -10,22 +10,27 @@ from tokenizers import Tokenizer as _FastTokenizer
 
 from r1kit.errors import UserError
 from r1kit.tokenizer.hf_tokenizer import Tokenizer
-from r1kit.tokenizer.r1_format import ANSWER_END, ANSWER_START, ASSISTANT, BOS, EOS, PAD, THINK_END, THINK_START, USER
-from r1kit.tokenizer.r1_format import r1_chat_template
+from r1kit.tokenizer.r1_format import (ANSWER_END, ANSWER_START, ASSISTANT, BOS, EOS, PAD, THINK_END, THINK_START,
+                                       TOOL_TOKENS, USER, r1_chat_template)
 
 
-def build_r1_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | os.PathLike | None = None) -> Tokenizer:
+def build_r1_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | os.PathLike | None = None,
+                       tool_tokens: bool = False) -> Tokenizer:
     """Train a byte-level BPE with the DeepSeek-R1 special tokens and chat template; save it to out_dir if given.
 
     Ids 0/1/2 are BOS/EOS/pad as in DeepSeek-V3; the chat markers <｜User｜>/<｜Assistant｜> are special tokens;
     <think>, </think>, <answer>, </answer> are added tokens that are NOT special, so that decoding with
-    skip_special_tokens=True keeps them (the reasoning parser needs them). Digits are split one per token, which
+    skip_special_tokens=True keeps them (the reasoning parser needs them). tool_tokens=True also adds R1's nine
+    tool-call tokens (<｜tool▁calls▁begin｜>, ...), not special either, as in DeepSeek-R1's tokenizer, for a model
+    that is to learn tool calls; without them the chat template writes the same markers as plain text (several
+    tokens each), which the tool-call parser and grammar handle the same way. Off by default: adding them takes 9
+    merges from the vocabulary, which changes every tokenization (and so every random test model). Digits are split one per token, which
     helps small models learn arithmetic. vocab_size counts everything (bytes, merges and added tokens); it is
     reached exactly unless the text is too small to learn that many merges (`tokenizer.vocab_size` is the truth).
     """
     specials = [BOS, EOS, PAD]
     chat_specials = [USER, ASSISTANT]
-    plain_added = [THINK_START, THINK_END, ANSWER_START, ANSWER_END]
+    plain_added = [THINK_START, THINK_END, ANSWER_START, ANSWER_END, *(TOOL_TOKENS if tool_tokens else ())]
     n_added = len(specials) + len(chat_specials) + len(plain_added)
     min_size = 256 + n_added
     if not isinstance(vocab_size, int) or vocab_size < min_size:
