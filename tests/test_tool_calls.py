@@ -13,7 +13,7 @@ import pytest
 from r1kit import LLM
 from r1kit.server.api import create_app
 from r1kit.server.background import BackgroundServer
-from r1kit.server.tool_calls import ToolCallStream, parse_tool_calls
+from r1kit.server.tool_calls import ToolCallStream, ToolPolicy, message_fields, parse_tool_calls
 from r1kit.tokenizer import BOS, EOS, USER, ASSISTANT, THINK_START
 from r1kit.tokenizer.r1_format import (TOOL_CALL_BEGIN, TOOL_CALL_END, TOOL_CALLS_BEGIN, TOOL_CALLS_END,
                                        TOOL_OUTPUT_BEGIN, TOOL_OUTPUT_END, TOOL_OUTPUTS_BEGIN, TOOL_OUTPUTS_END,
@@ -57,9 +57,14 @@ def test_parse_content_and_calls():
     "Sure." + TOOL_CALLS_BEGIN + call_text("add", '{"a": 1, "b": 2}') + "\n" + call_text("f", "{}") + TOOL_CALLS_END,
     "x\n``<｜tool▁calls" + "```json\n" + TOOL_CALLS_BEGIN + call_text("g", '{"s": "\\n```"}') + TOOL_CALLS_END,
     TOOL_CALLS_BEGIN + call_text("cut", '{"a": [1, 2'),
+    "\n\n" + TOOL_CALLS_BEGIN + call_text("f", "{}") + TOOL_CALLS_END,  # whitespace before calls: content null
+    "\n\n",  # and without calls, it is the content
+    "\n\n Hi",
 ])
-def test_streamed_deltas_add_up_to_the_parse_at_every_split(text):
-    want = parse_tool_calls(text)
+def test_streamed_deltas_add_up_to_the_message_at_every_split(text):
+    message = message_fields(text, ToolPolicy([], "auto"), "stop")
+    want = (message["content"] or "", [(c["function"]["name"], c["function"]["arguments"])
+                                       for c in message.get("tool_calls", [])])
     for step in (1, 2, 3, 7):  # the answer arrives a few characters at a time
         s, content, calls = ToolCallStream(), "", []
         cuts = list(range(step, len(text), step)) + [len(text)]

@@ -237,6 +237,10 @@ class ToolCallStream:
     def update(self, answer: str, final: bool = False) -> tuple[str, list[dict]]:
         """(new content, new tool-call deltas) since the last update."""
         content, calls = parse_tool_calls(answer, final)
+        if not content.strip() and (calls or not final):
+            # only whitespace so far (R1 writes "\n\n" after </think>): not content if calls follow, as in
+            # message_fields; held back until that is known
+            content = ""
         delta, self.content_sent = content[self.content_sent:], len(content)
         deltas = []
         for i, (name, args) in enumerate(calls):
