@@ -14,6 +14,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("r1kit.demo", "create a small random R1-format checkpoint and run it end to end"),
     "chat": ("r1kit.server.chat_cli", "chat in the terminal with a local model or an OpenAI-compatible server"),
     "serve": ("r1kit.server.cli", "serve a model over an OpenAI-compatible HTTP API"),
+    "init": ("r1kit.train.init", "create a model with random weights and a tokenizer trained on your tasks' text"),
     "train": ("r1kit.train.cli", "train a model: `r1kit train sft|grpo ...`"),
     "plot": ("r1kit.train.plots", "draw PNG plots of a training run's metrics.jsonl"),
     "eval": ("r1kit.eval.cli", "evaluate a model on tasks: pass@k, maj@k, format errors, thinking tokens, latency"),

@@ -27,7 +27,9 @@ def test_unknown_source_and_unknown_option_are_user_errors():
 
 @pytest.mark.parametrize("spec", ["arithmetic?digits=4&n=60", "arithmetic?digits=2&ops=-&n=30",
                                   "arithmetic?digits=3&ops=*&n=30", "countdown?numbers=4&n=60",
-                                  "countdown?numbers=3&max_value=20&n=30"])
+                                  "countdown?numbers=3&max_value=20&n=30", "countdown?numbers=7&n=10",
+                                  "arithmetic?digits=5&min_digits=1&ops=+-&n=60",
+                                  "reasoning_gym:chain_sum?min_terms=2&max_terms=6&n=30"])
 @pytest.mark.parametrize("template", ["r1_distill", "r1_zero"])
 def test_reference_solutions_are_correct_and_well_formed(spec, template):
     task = load_task(spec, template=template)
@@ -55,6 +57,60 @@ def test_arithmetic_knobs_and_carries():
     assert "carry" in task.reference_solution(task[0])
 
 
+def test_arithmetic_operands_span_min_digits_to_digits_and_varied_wording():
+    task = load_task("arithmetic?digits=4&min_digits=2&ops=+&n=200&phrasing=varied")
+    lengths = {len(str(ex["metadata"][k])) for ex in task for k in "ab"}
+    assert lengths == {2, 3, 4}
+    wordings = {ex["question"].replace(str(ex["metadata"]["a"]), "A").replace(str(ex["metadata"]["b"]), "B")
+                for ex in task}
+    assert len(wordings) > 3 and "What is A + B?" in wordings
+    assert {ex["question"] for ex in load_task("arithmetic?digits=2&n=20")} <= {
+        f"Compute {a} {op} {b}." for a in range(10, 100) for b in range(10, 100) for op in "+-*"}
+    with pytest.raises(UserError, match="min_digits"):
+        load_task("arithmetic?digits=2&min_digits=3")
+    with pytest.raises(UserError, match="phrasing"):
+        load_task("arithmetic?phrasing=poetic")
+
+
+def test_countdown_reference_guesses_and_checks_each_try():
+    task = load_task("countdown?numbers=4&max_value=10&n=40")
+    tries_seen = set()
+    for ex in task:
+        reasoning = task.reference_solution(ex).partition("</think>")[0]
+        tries = [line for line in reasoning.splitlines() if line.startswith("Try ")]
+        tries_seen.add(len(tries))
+        target = ex["metadata"]["target"]
+        for line in tries[:-1]:   # every miss states a value that is really not the target, computed correctly
+            for step in line[4:].split(". That gives")[0].split(", "):
+                lhs, value = step.split(" = ")
+                assert eval(lhs) == int(value)  # noqa: S307 (our own trace: digits and + - * // only)
+            assert line.endswith(f"not {target}.")
+        assert tries[-1].endswith(f"That gives {target}.")
+    assert len(tries_seen) > 2   # not always the same number of guesses
+
+
+def test_chain_sum_reference_is_a_correct_running_total():
+    task = load_task("reasoning_gym:chain_sum?n=20&min_terms=3&max_terms=5")
+    for ex in task:
+        ref = task.reference_solution(ex)
+        assert task.score(ref, ex) == 1.0 and "running total" in ref
+        assert ref.count(" = ") == ex["metadata"]["num_terms"] - 1
+
+
+def test_direct_solution_and_plain_text_keep_the_answer_and_drop_the_reasoning():
+    task = load_task("arithmetic?digits=3&ops=+&n=3")
+    for ex in task:
+        direct, plain = task.direct_solution(ex), task.plain_text(ex)
+        assert direct == f"\n</think>\n\nThe answer is $\\boxed{{{ex['answer']}}}$."
+        assert task.score(direct, ex) == 1.0
+        assert plain == f"{ex['question']}\nThe answer is $\\boxed{{{ex['answer']}}}$." and "carry" not in plain
+    zero = load_task("countdown?numbers=3&n=2&template=r1_zero")
+    assert zero.direct_solution(zero[0]).startswith("<think>\n\n</think>\n<answer>")
+    assert zero.score(zero.direct_solution(zero[0]), zero[0]) == 1.0
+    no_ref = load_task("reasoning_gym:leg_counting?n=1")
+    assert no_ref.score(no_ref.direct_solution(no_ref[0]), no_ref[0]) == 1.0
+
+
 def test_countdown_knobs():
     task = load_task("countdown?numbers=5&max_value=30&n=40")
     for ex in task:
@@ -62,13 +118,17 @@ def test_countdown_knobs():
         assert len(nums) == 5 and all(1 <= x <= 30 for x in nums)
 
 
-@pytest.mark.parametrize("name", ["arithmetic?digits=2", "countdown?numbers=3&max_value=10"])
+@pytest.mark.parametrize("name", ["arithmetic?digits=2", "countdown?numbers=3&max_value=10",
+                                  "arithmetic?digits=2&min_digits=1&phrasing=varied",
+                                  "reasoning_gym:chain_sum?min_terms=2&max_terms=3&min_digits=1&max_digits=1"])
 def test_train_and_test_splits_are_disjoint_and_deterministic(name):
     train = load_task(f"{name}&n=300&split=train&seed=0")
     train_other_seed = load_task(f"{name}&n=300&split=train&seed=1")
     test = load_task(f"{name}&n=30&split=test&seed=0")
     train_q = {ex["question"] for ex in train} | {ex["question"] for ex in train_other_seed}
     assert not train_q & {ex["question"] for ex in test}
+    problem = lambda ex: ex["metadata"].get("problem", ex["question"])  # noqa: E731  (a wording-free identity)
+    assert not {problem(ex) for ex in train} & {problem(ex) for ex in test}
     assert [ex["question"] for ex in load_task(f"{name}&n=300&split=train&seed=0")] == [ex["question"] for ex in train]
     assert [ex["question"] for ex in train] != [ex["question"] for ex in train_other_seed]
 
@@ -140,9 +200,11 @@ def test_missing_jsonl_file_is_user_error(tmp_path):
 def test_reasoning_gym_scores_equal_score_answer_called_directly(name, config):
     spec = f"reasoning_gym:{name}?n=8&seed=5" + "".join(f"&{k}={v}" for k, v in config.items())
     task = load_task(spec)
-    reference = reasoning_gym.create_dataset(name, size=8, seed=5, **config)
-    assert [ex["question"] for ex in task] == [e["question"] for e in reference]
-    for ex, entry in zip(task, reference):
+    reference = reasoning_gym.create_dataset(name, size=200, seed=5, **config)
+    by_question = {e["question"]: e for e in reference}
+    assert len(task) == 8 and all(ex["question"] in by_question for ex in task)
+    for ex in task:
+        entry = by_question[ex["question"]]
         for candidate in (str(entry["answer"]), "1", "", "not an answer"):
             completion = f"thinking</think>\n\\boxed{{{candidate}}}"
             assert task.score(completion, ex) == reference.score_answer(candidate, entry)
@@ -154,6 +216,8 @@ def test_reasoning_gym_test_split_uses_other_seeds_and_bad_config_is_user_error(
     train = load_task("reasoning_gym:chain_sum?n=5&seed=0")
     test = load_task("reasoning_gym:chain_sum?n=5&seed=0&split=test")
     assert [e["question"] for e in train] != [e["question"] for e in test]
+    with pytest.raises(UserError, match="distinct test problems"):
+        load_task("reasoning_gym:chain_sum?n=400&min_terms=2&max_terms=2&min_digits=1&max_digits=1&split=test")
     with pytest.raises(UserError, match="unknown reasoning-gym dataset"):
         load_task("reasoning_gym:no_such_dataset")
     with pytest.raises(UserError, match="bad config"):

@@ -11,7 +11,6 @@ call `reset_prefix_cache()` (or `free_kv_cache()` during training, `allocate_kv_
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import itertools
 import os
 import time
@@ -29,7 +28,7 @@ _counter = itertools.count()
 
 
 def _load(model, tokenizer, dtype, device, seed):
-    """(nn.Module, Tokenizer) from a module, a checkpoint directory / hub id, or a builtin random-model name."""
+    """(nn.Module, Tokenizer) from a module, or a checkpoint directory / hub id / builtin name (models/builtin.py)."""
     from r1kit.tokenizer import Tokenizer, load_tokenizer
 
     if isinstance(tokenizer, (str, os.PathLike)):
@@ -40,32 +39,13 @@ def _load(model, tokenizer, dtype, device, seed):
         return model, tokenizer
     if not isinstance(model, (str, os.PathLike)):
         raise UserError(f"model must be a checkpoint path, a hub id, a builtin name or an nn.Module, got {model!r}")
-    from r1kit.models.checkpoint import load_model, resolve_checkpoint
+    from r1kit.models.builtin import resolve_model
+    from r1kit.models.checkpoint import load_model
 
-    path = _builtin_path(str(model), seed) or resolve_checkpoint(model)
+    path = resolve_model(model, seed)
     dev = resolve_device(device)
     module = load_model(path, dtype=resolve_dtype(dtype, dev), device=dev)
     return module.eval(), tokenizer if isinstance(tokenizer, Tokenizer) else load_tokenizer(path)
-
-
-def _builtin_path(name: str, seed: int):
-    """'random-<model_type>[-<preset>]' (e.g. random-deepseek_v3-tiny): a random checkpoint made on the fly."""
-    if not name.startswith("random-") or os.path.exists(name):
-        return None
-    import tempfile
-
-    from r1kit.models.random_checkpoint import create_random_checkpoint
-
-    from r1kit.tokenizer import r1_chat_template
-
-    model_type, _, preset = name[len("random-"):].partition("-")
-    # the cache is keyed by the chat template too: one saved (in tokenizer_config.json) before the template changed
-    # would otherwise be served forever
-    fmt = hashlib.sha256(r1_chat_template().encode()).hexdigest()[:8]
-    out = os.path.join(tempfile.gettempdir(), f"r1kit-{name}-seed{seed}-{fmt}")
-    if not os.path.exists(os.path.join(out, "config.json")):
-        create_random_checkpoint(out, model_type=model_type, preset=preset or "tiny", seed=seed)
-    return out
 
 
 class LLM:

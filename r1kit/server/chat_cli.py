@@ -171,7 +171,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("prompt", nargs="?", help="ask this once and exit; without it, chat interactively")
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--model", default=None, help="run this checkpoint in-process (default: the demo model)")
+    where.add_argument("--model", default=None, help="run this model in-process: a checkpoint directory, hub id or builtin name (default: r1kit-tiny)")
     where.add_argument("--url", default=None, help="an OpenAI-compatible server, e.g. http://127.0.0.1:8000")
     parser.add_argument("--api-key", default=None, help="API key for --url")
     parser.add_argument("--served-model", default=None, help="model id to request from --url (default: its first)")

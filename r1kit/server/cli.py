@@ -2,8 +2,7 @@
 
     r1kit serve --model ./ckpt --port 8000 --api-key KEY --max-thinking-tokens 1024
 
-With no --model it serves the project's default model (for now a small random, untrained demo checkpoint created
-once under ~/.cache/r1kit/). `--port 0` picks a free port; the line printed when the server is ready gives the
+With no --model it serves r1kit-tiny, the small reasoner r1kit trains itself (shipped in the package). `--port 0` picks a free port; the line printed when the server is ready gives the
 address either way.
 """
 from __future__ import annotations
@@ -34,17 +33,15 @@ def parse_bytes(text: str) -> int:
 
 
 def default_model() -> str:
-    """The model served when none is named: for now the random demo checkpoint of `r1kit demo` (made once)."""
-    from r1kit.demo import DEFAULT_DIR
+    """The model used when none is named: r1kit-tiny, shipped in the package (docs/r1kit-tiny.md). An installation
+    without it falls back to a random, untrained demo model, and says so."""
+    from r1kit.models.builtin import DEFAULT_MODEL, builtin_names
 
-    if not (DEFAULT_DIR / "config.json").is_file():
-        from r1kit.models.random_checkpoint import create_random_checkpoint
-
-        print(f"creating the default demo model in {DEFAULT_DIR} ...", file=sys.stderr)
-        create_random_checkpoint(DEFAULT_DIR, model_type="deepseek_v3", preset="tiny", seed=0)
-    print(f"note: no --model given; serving {DEFAULT_DIR}, an UNTRAINED demo model with random weights "
-          "(its text is gibberish)", file=sys.stderr)
-    return str(DEFAULT_DIR)
+    if DEFAULT_MODEL in builtin_names():
+        return DEFAULT_MODEL
+    print(f"note: {DEFAULT_MODEL} is not in this installation; using random-deepseek_v3-tiny, an UNTRAINED demo "
+          "model with random weights (its text is gibberish)", file=sys.stderr)
+    return "random-deepseek_v3-tiny"
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:

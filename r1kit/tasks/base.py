@@ -18,11 +18,13 @@ str), verifier (a name in r1kit.rewards.VERIFIERS), metadata (dict); code exampl
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Callable
 
 from r1kit.errors import UserError
 from r1kit.rewards.registry import RewardFn, accuracy_reward
+from r1kit.tasks.templates import format_completion
 
 
 @dataclass
@@ -44,11 +46,34 @@ class Task:
     def score(self, completion: str, example: dict) -> float:
         return float(self.scorer(completion, example))
 
+    def direct_solution(self, example: dict) -> str:
+        """The reference solution with its thinking emptied: what a model that answers at once writes (the target of
+        a direct-answer baseline). Tasks without reference solutions answer with the gold answer."""
+        head, _, tail = self._reference_or_answer(example).partition("</think>")
+        return ("<think>\n" if head.lstrip().startswith("<think>") else "") + "\n</think>" + tail
+
+    def plain_text(self, example: dict) -> str:
+        """The problem and its answer as plain text, no chat format (base-model training data)."""
+        return f"{example['question'].strip()}\n{self._reference_or_answer(example).partition('</think>')[2].strip()}"
+
+    def _reference_or_answer(self, example: dict) -> str:
+        if self.reference is not None:
+            return self.reference(example)
+        return format_completion(example, "", str(example["answer"]))
+
     def reference_solution(self, example: dict) -> str:
         """A completion with step-by-step reasoning and the right final answer (cold-start SFT data)."""
         if self.reference is None:
             raise UserError(f"task {self.name!r} has no reference solutions")
         return self.reference(example)
+
+
+TEST_SHARE = 10  # one problem in ten belongs to the test split
+
+
+def split_of(question: str) -> str:
+    """'test' or 'train' by a hash of the problem's text: a test problem is in no train set, whatever the seeds."""
+    return "test" if int(hashlib.sha256(question.encode()).hexdigest(), 16) % TEST_SHARE == 0 else "train"
 
 
 def _parse_value(v: str):

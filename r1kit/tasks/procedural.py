@@ -6,19 +6,12 @@ of its text (1 in 10 to test), so a test problem never appears in any train set,
 """
 from __future__ import annotations
 
-import hashlib
 import random
 from fractions import Fraction
 
 from r1kit.errors import UserError
-from r1kit.tasks.base import Task, pop_params
+from r1kit.tasks.base import Task, pop_params, split_of
 from r1kit.tasks.templates import apply_template, format_completion
-
-_TEST_SHARE = 10  # one problem in ten belongs to the test split
-
-
-def split_of(question: str) -> str:
-    return "test" if int(hashlib.sha256(question.encode()).hexdigest(), 16) % _TEST_SHARE == 0 else "train"
 
 
 def _generate(make, n: int, seed: int, split: str, name: str) -> list[dict]:
@@ -28,7 +21,10 @@ def _generate(make, n: int, seed: int, split: str, name: str) -> list[dict]:
         if len(out) == n:
             return out
         ex = make(rng)
-        if ex is not None and split_of(ex["question"]) == split and ex["question"] not in seen:
+        if ex is None:
+            continue
+        key = ex["metadata"].get("problem", ex["question"])   # the split follows the problem, not its wording
+        if split_of(key) == split and ex["question"] not in seen:
             seen.add(ex["question"])
             out.append(ex)
     raise UserError(f"task {name!r}: could not make {n} distinct {split} problems at this difficulty; lower n")
@@ -109,27 +105,42 @@ def arithmetic_reference(example: dict) -> str:
     return format_completion(example, reasoning, example["answer"])
 
 
+PHRASINGS = ("Compute {a} {op} {b}.", "What is {a} {op} {b}?", "Calculate {a} {op} {b}.", "{a} {op} {b} = ?",
+             "Work out {a} {op} {b}.", "Find {a} {op} {b}.")
+
+
 def load_arithmetic(arg: str, params: dict) -> Task:
-    p = pop_params(params, "arithmetic", digits=3, ops="+-*", carries=True, n=200, seed=0, split="train",
-                   template="r1_distill")
-    if not 1 <= int(p["digits"]) <= 30:
-        raise UserError(f"arithmetic: digits must be 1..30, got {p['digits']}")
+    """`arithmetic?digits=3&min_digits=&ops=+-*&carries=true&phrasing=fixed|varied`: a op b with operands of
+    min_digits..digits digits (each drawn on its own; min_digits defaults to digits). phrasing=varied words the
+    question in several ways ("What is 12 + 30?", "Calculate ..."); the split is by the problem, not its wording."""
+    p = pop_params(params, "arithmetic", digits=3, min_digits=0, ops="+-*", carries=True, n=200, seed=0,
+                   split="train", template="r1_distill", phrasing="fixed")
+    digits, min_digits = int(p["digits"]), int(p["min_digits"]) or int(p["digits"])
+    if not 1 <= min_digits <= digits <= 30:
+        raise UserError(f"arithmetic: need 1 <= min_digits <= digits <= 30, got min_digits={min_digits}, "
+                        f"digits={digits}")
     ops = str(p["ops"])
     if not ops or any(o not in _OPS for o in ops):
         raise UserError(f"arithmetic: ops must be a string of + - *, got {ops!r}")
-    lo, hi = 10 ** (int(p["digits"]) - 1), 10 ** int(p["digits"]) - 1
+    if p["phrasing"] not in ("fixed", "varied"):
+        raise UserError(f"arithmetic: phrasing must be fixed or varied, got {p['phrasing']!r}")
+
+    def operand(rng):
+        n = rng.randint(min_digits, digits)
+        return rng.randint(10 ** (n - 1) if n > 1 else 0, 10 ** n - 1)
 
     def make(rng):
-        a, b, op = rng.randint(lo, hi), rng.randint(lo, hi), rng.choice(ops)
+        a, b, op = operand(rng), operand(rng), rng.choice(ops)
         if p["carries"] and not _has_carry(a, b, op):
             return None
-        q = f"Compute {a} {op} {b}."
-        ex = {"question": q, "answer": str(_OPS[op][0](a, b)), "verifier": "numeric",
-              "metadata": {"task": "arithmetic", "a": a, "b": b, "op": op}}
+        wording = rng.choice(PHRASINGS) if p["phrasing"] == "varied" else PHRASINGS[0]
+        ex = {"question": wording.format(a=a, op=op, b=b), "answer": str(_OPS[op][0](a, b)), "verifier": "numeric",
+              "metadata": {"task": "arithmetic", "a": a, "b": b, "op": op, "problem": f"{a} {op} {b}"}}
         return apply_template(ex, p["template"])
 
-    examples = _generate(make, int(p["n"]), int(p["seed"]), p["split"], f"arithmetic:{p['digits']}:{ops}")
-    return Task(f"arithmetic?digits={p['digits']}&ops={ops}", examples, reference=arithmetic_reference)
+    digit_range = f"{min_digits}-{digits}" if min_digits < digits else str(digits)
+    examples = _generate(make, int(p["n"]), int(p["seed"]), p["split"], f"arithmetic:{digit_range}:{ops}")
+    return Task(f"arithmetic?digits={digit_range}&ops={ops}", examples, reference=arithmetic_reference)
 
 
 # --- countdown --------------------------------------------------------------------------------------------------
@@ -154,13 +165,67 @@ def _build_countdown(rng: random.Random, numbers: list[int]):
     return int(value), expr, steps
 
 
+_APPLY = {"+": lambda x, y: x + y, "-": lambda x, y: x - y, "*": lambda x, y: x * y,
+          "/": lambda x, y: x // y if y > 1 and x % y == 0 else None}
+
+
+def _chains(numbers: list[int], rng: random.Random, draws: int = 300):
+    """Up to `draws` random left-to-right chains ((x1 op x2) op x3) ... over orderings of the numbers whose
+    intermediate values are non-negative integers (divisions exact): [(steps [(x, op, y, value)], final value)].
+    Drawn, not enumerated: 8 numbers have 40320 orderings x 16384 operator choices."""
+    out, seen = [], set()
+    for _ in range(draws):
+        order = rng.sample(numbers, len(numbers))
+        ops = [rng.choice("+-*/") for _ in numbers[1:]]
+        key = (tuple(order), tuple(ops))
+        if key in seen:
+            continue
+        seen.add(key)
+        value, steps = order[0], []
+        for op, y in zip(ops, order[1:]):
+            new = _APPLY[op](value, y)
+            if new is None or new < 0:
+                break
+            steps.append((value, op, y, new))
+            value = new
+        else:
+            out.append((steps, value))
+    return out
+
+
+def _chain_expression(steps) -> str:
+    expr = str(steps[0][0])
+    for i, (_, op, y, _) in enumerate(steps):
+        expr = f"({expr} {op} {y})" if i < len(steps) - 1 else f"{expr} {op} {y}"
+    return expr
+
+
 def countdown_reference(example: dict) -> str:
+    """Guess and check, as a person would: try a few chains of operations, compute each, and say whether it reaches
+    the target, until one does. The failed tries are drawn from the chains that miss (seeded by the question, so the
+    trace is a fixed function of the problem); the last try is a chain that hits, else the generator's own steps
+    (its solution may need two partial results, e.g. (a + b) * (c + d), which no chain reaches)."""
     m = example["metadata"]
-    reasoning = (f"I need to reach {m['target']} using each of {', '.join(map(str, m['numbers']))} exactly once.\n"
-                 "Let me combine them step by step:\n" + "\n".join(m["steps"])
-                 + f"\nThat reaches {m['target']}, and every number was used once. "
-                 f"The expression is {m['expression']}.")
-    return format_completion(example, reasoning, m["expression"])
+    target, numbers = m["target"], m["numbers"]
+    rng = random.Random(example["question"])
+    chains = _chains(numbers, rng)
+    hits = [c for c, v in chains if v == target]
+    misses = [c for c, v in chains if v != target]
+    tries = rng.sample(misses, min(len(misses), rng.randint(0, len(numbers))))
+    lines = [f"I need to reach {target} using each of {', '.join(map(str, numbers))} exactly once. "
+             "Let me try combinations and check each."]
+    for steps in tries:
+        lines.append("Try " + ", ".join(f"{x} {op} {y} = {v}" for x, op, y, v in steps)
+                     + f". That gives {steps[-1][3]}, not {target}.")
+    if hits:
+        win = rng.choice(hits)
+        expression = _chain_expression(win)
+        lines.append("Try " + ", ".join(f"{x} {op} {y} = {v}" for x, op, y, v in win) + f". That gives {target}.")
+    else:
+        expression = m["expression"]
+        lines.append("Try " + " ".join(m["steps"]) + f" That gives {target}.")
+    lines.append(f"Every number is used once, so the answer is {expression}.")
+    return format_completion(example, "\n".join(lines), expression)
 
 
 def load_countdown(arg: str, params: dict) -> Task:

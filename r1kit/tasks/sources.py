@@ -7,14 +7,34 @@ import os
 
 from r1kit.errors import UserError
 from r1kit.rewards.registry import RG_DATASETS, VERIFIERS
-from r1kit.tasks.base import Task, check_param, pop_params
+from r1kit.tasks.base import Task, check_param, pop_params, split_of
 from r1kit.tasks.templates import TEMPLATES, apply_template, format_completion
 
 TEST_SEED_OFFSET = 1_000_003  # split=test draws reasoning-gym problems from seed + this
 
 
+def chain_sum_reference(example: dict) -> str:
+    """reasoning-gym's chain_sum ("4 - 1 - 7 ="): a running total from left to right."""
+    tokens = example["metadata"]["expression"].split()
+    total, steps = int(tokens[0]), []
+    for op, term in zip(tokens[1::2], tokens[2::2]):
+        new = total + int(term) if op == "+" else total - int(term)
+        steps.append(f"{total} {op} {term} = {new}.")
+        total = new
+    reasoning = f"I go from left to right, keeping a running total.\nStart with {tokens[0]}.\n" + "\n".join(steps)
+    reasoning += f"\nSo the result is {total}."
+    return format_completion(example, reasoning, str(total))
+
+
+# Step-by-step reference solutions (cold-start SFT data) for the reasoning-gym datasets that have one.
+RG_REFERENCES = {"chain_sum": chain_sum_reference}
+
+
 def load_reasoning_gym(name: str, params: dict) -> Task:
-    """`reasoning_gym:<dataset>?n=&seed=&split=&template=&<config key>=...`; scored by the dataset's score_answer."""
+    """`reasoning_gym:<dataset>?n=&seed=&split=&template=&<config key>=...`; scored by the dataset's score_answer.
+
+    Splits are held out by seed and by content: a problem whose text hashes to the test split (one in ten, as for
+    the built-in tasks) is never in a train set, so small problem spaces cannot leak test problems into training."""
     import reasoning_gym
     from reasoning_gym.factory import DATASETS
 
@@ -26,18 +46,27 @@ def load_reasoning_gym(name: str, params: dict) -> Task:
     split = check_param(spec_name, "split", params.pop("split", "train"), "train")
     template = check_param(spec_name, "template", params.pop("template", "r1_distill"), "r1_distill")
     real_seed = seed + (TEST_SEED_OFFSET if split == "test" else 0)
+    pool = 20 * n + 200 if split == "test" else 2 * n + 50   # a tenth of all problems hash to the test split
     try:
-        dataset = reasoning_gym.create_dataset(name, size=n, seed=real_seed, **params)
+        dataset = reasoning_gym.create_dataset(name, size=pool, seed=real_seed, **params)
     except (TypeError, ValueError, AssertionError) as e:
         raise UserError(f"reasoning_gym:{name}: bad config {params}: {e}") from e
-    key = f"{name}|{real_seed}|{n}|{sorted(params.items())}"
+    key = f"{name}|{real_seed}|{pool}|{sorted(params.items())}"
     RG_DATASETS[key] = dataset
-    examples = []
+    examples, seen = [], set()
     for entry in dataset:
+        if split_of(entry["question"]) != split or entry["question"] in seen:
+            continue
+        seen.add(entry["question"])
         ex = {"question": entry["question"], "answer": str(entry["answer"]), "verifier": "reasoning_gym",
               "metadata": entry["metadata"], "rg_key": key}
         examples.append(apply_template(ex, template))
-    return Task(f"reasoning_gym:{name}", examples)
+        if len(examples) == n:
+            break
+    if len(examples) < n:
+        raise UserError(f"reasoning_gym:{name}: only {len(examples)} distinct {split} problems in a pool of {pool}; "
+                        "lower n")
+    return Task(f"reasoning_gym:{name}", examples, reference=RG_REFERENCES.get(name))
 
 
 def _jsonl_example(path: str, lineno: int, row, template: str) -> dict:

@@ -65,14 +65,19 @@ class SFTConfig(TrainConfig):
     batch_size: int = option(8, "sequences (or packed rows) per micro-batch")
     max_seq_len: int = option(1024, "tokens per packed row; longer examples are truncated")
     packing: bool = option(True, "concatenate examples into rows of max_seq_len (else length-bucketed, padded)")
-    num_examples: int = option(1000, "with --task: how many cold-start traces to make from the tasks' reference "
-                                     "solutions")
+    num_examples: int = option(1000, "with --task: how many examples to make from the tasks, spread over them "
+                                     "(0: every example of each task, its spec's n)")
+    task_target: Literal["reasoning", "direct", "text"] = option(
+        "reasoning", "with --task, what the model learns to write: the reference reasoning then the answer (cold "
+        "start), the answer alone after an empty thinking block (a direct-answer baseline), or plain question + "
+        "answer text with loss on every token (base training)")
     epochs: int = option(0, "> 0: derive max_steps from the data size for this many passes")
 
     def __post_init__(self):
         super().__post_init__()
         _check(self.batch_size >= 1, "batch_size must be >= 1")
         _check(self.max_seq_len >= 8, "max_seq_len must be >= 8")
+        _check(self.num_examples >= 0, "num_examples must be >= 0 (0: every example of each task)")
 
 
 @dataclass

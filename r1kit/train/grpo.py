@@ -95,7 +95,10 @@ def train_grpo(model_path: str, out: str, cfg: GRPOConfig, tasks: list[str] = ()
     """Train the model at `model_path` (a model directory or what r1kit.models.load_model takes: the CLI's --model)
     with GRPO on `tasks` (or the given `examples` and `rewards`); returns the final model dir.
     `reward` is a reward spec ("accuracy:1.0,format:0.2"; default: each task's own scorer)."""
+    from r1kit.models.builtin import resolve_model
     from r1kit.tokenizer import load_tokenizer
+
+    model_path = str(resolve_model(model_path))  # a builtin name, hub id or directory; fails before --out is made
 
     info = init_distributed(cfg.device)
     torch.manual_seed(cfg.seed)

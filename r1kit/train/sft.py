@@ -27,9 +27,12 @@ from r1kit.train.sft_data import bucket, collate, encode_conversation, pack, rea
 
 def train_sft(model_path: str, out: str, cfg: SFTConfig, data: list[str] = (), tasks: list[str] = (),
               resume: bool | str = False, extra_config: dict | None = None) -> Path:
-    """Fine-tune the model at `model_path` (a model directory or what r1kit.models.load_model takes: the CLI's
-    --model) on `data` JSONL files and/or cold-start traces of `tasks`; returns the final model dir."""
+    """Fine-tune the model at `model_path` (a builtin name, model directory or hub id: the CLI's --model) on `data`
+    JSONL files and/or cold-start traces of `tasks`; returns the final model dir."""
+    from r1kit.models.builtin import resolve_model
     from r1kit.tokenizer import load_tokenizer
+
+    model_path = str(resolve_model(model_path))  # a builtin name, hub id or directory; fails before --out is made
 
     info = init_distributed(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -44,7 +47,7 @@ def train_sft(model_path: str, out: str, cfg: SFTConfig, data: list[str] = (), t
     if tasks:
         from r1kit.train.task_data import cold_start_examples
 
-        examples += cold_start_examples(tokenizer, list(tasks), cfg.num_examples)
+        examples += cold_start_examples(tokenizer, list(tasks), cfg.num_examples, cfg.task_target)
     if not examples:
         raise UserError("the data holds no assistant turns to train on")
     rows = (pack(examples, cfg.max_seq_len, cfg.seed) if cfg.packing

@@ -50,19 +50,35 @@ def prompt_ids(tokenizer, example: dict[str, Any], max_len: int) -> list[int]:
     return list(ids[-max_len:])
 
 
-def cold_start_examples(tokenizer, specs: list[str], n: int) -> list[tuple[list[int], list[int]]]:
-    """SFT (ids, loss mask) examples from the tasks' reference solutions (up to n, spread over the tasks)."""
+TASK_TARGETS = ("reasoning", "direct", "text")
+
+
+def cold_start_examples(tokenizer, specs: list[str], n: int,
+                        target: str = "reasoning") -> list[tuple[list[int], list[int]]]:
+    """SFT (ids, loss mask) examples from the tasks' reference solutions: up to n spread over the tasks (n <= 0:
+    every example of each task). `target` says what the model learns to write:
+      reasoning  the step-by-step reference solution inside the thinking block, then the answer (cold start)
+      direct     an empty thinking block, then the answer (a model that answers without thinking)
+      text       no chat template: the question and the answer as plain text, loss on every token (base training)
+    """
+    if target not in TASK_TARGETS:
+        raise UserError(f"task target must be one of {', '.join(TASK_TARGETS)}, got {target!r}")
     out = []
     tasks = load_tasks(specs)
-    per = max(1, n // len(tasks))
+    per = max(1, n // len(tasks)) if n > 0 else None
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     for task in tasks:
         for ex in task.examples[:per]:
-            solution = task.reference_solution(ex)
+            if target == "text":
+                bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+                ids = bos + tokenizer.encode(task.plain_text(ex)) + eos
+                out.append((ids, [1] * len(ids)))
+                continue
+            solution = task.reference_solution(ex) if target == "reasoning" else task.direct_solution(ex)
             if "messages" in ex:
                 out += encode_conversation(tokenizer, [*ex["messages"], {"role": "assistant", "content": solution}])
             else:
                 p = prompt_ids(tokenizer, ex, 1 << 30)
-                c = tokenizer.encode(" " + solution) + ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None
-                                                         else [])
+                c = tokenizer.encode(" " + solution) + eos
                 out.append((p + c, [0] * len(p) + [1] * len(c)))
     return out
