@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from r1kit.errors import UserError
 from r1kit.train.config import SFTConfig
 from r1kit.train.sft import train_sft
 from r1kit.train.sft_data import encode_conversation
@@ -137,3 +138,24 @@ def test_task_cold_start_examples_train_on_the_reference_solution(tiny_checkpoin
         trained = tok.decode([t for t, m in zip(ids, mask) if m])
         assert trained == task.reference_solution(ex) + "<｜end▁of▁sentence｜>"
         assert tok.decode(ids[:mask.index(1)]).endswith("<｜Assistant｜><think>\n")
+
+
+def test_task_targets_direct_and_text_train_on_the_answer_alone_and_on_plain_text(tiny_checkpoint):
+    from r1kit.tasks import load_task
+    from r1kit.tokenizer import load_tokenizer
+    from r1kit.train.task_data import cold_start_examples
+
+    tok = load_tokenizer(tiny_checkpoint("qwen2"))
+    specs = ["arithmetic?digits=2&n=3", "countdown?numbers=3&n=5&seed=1"]
+    tasks = [load_task(s) for s in specs]
+    direct = cold_start_examples(tok, specs, 0, 0, target="direct")
+    text = cold_start_examples(tok, specs, 0, 0, target="text")
+    pairs = [(t, ex) for t in tasks for ex in t.examples]
+    assert len(direct) == len(text) == 8      # num_examples 0: every example of each spec
+    for (ids, mask), (t, ex) in zip(direct, pairs):
+        assert tok.decode([i for i, m in zip(ids, mask) if m]) == t.direct_solution(ex) + "<｜end▁of▁sentence｜>"
+    for (ids, mask), (t, ex) in zip(text, pairs):
+        assert all(mask) and ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id
+        assert tok.decode(ids[1:-1]) == t.plain_text(ex) and "<｜User｜>" not in tok.decode(ids)
+    with pytest.raises(UserError, match="task target"):
+        cold_start_examples(tok, specs, 0, 0, target="essay")
