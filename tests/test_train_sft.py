@@ -159,3 +159,23 @@ def test_task_targets_direct_and_text_train_on_the_answer_alone_and_on_plain_tex
         assert tok.decode(ids[1:-1]) == t.plain_text(ex) and "<｜User｜>" not in tok.decode(ids)
     with pytest.raises(UserError, match="task target"):
         cold_start_examples(tok, specs, 0, 0, target="essay")
+
+
+def test_text_records_train_on_every_token_beside_conversations(tiny_checkpoint, tmp_path):
+    from r1kit.tokenizer import load_tokenizer
+    from r1kit.train.sft_data import encode_text, read_sft_records
+
+    path = tmp_path / "mixed.jsonl"
+    path.write_text(json.dumps({"text": "Compute 12 + 30.\nThe answer is 42."}) + "\n"
+                    + json.dumps({"prompt": "Hi", "completion": "Hello"}) + "\n")
+    records = read_sft_records(str(path))
+    assert records[0] == "Compute 12 + 30.\nThe answer is 42." and isinstance(records[1], list)
+    tok = load_tokenizer(tiny_checkpoint("qwen2"))
+    ids, mask = encode_text(tok, records[0])
+    assert all(mask) and tok.decode(ids) == "<｜begin▁of▁sentence｜>" + records[0] + "<｜end▁of▁sentence｜>"
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"text": 3}) + "\n")
+    with pytest.raises(UserError, match='"text"'):
+        read_sft_records(str(tmp_path / "bad.jsonl"))
+    final = train_sft(tiny_checkpoint("qwen2"), str(tmp_path / "run"), SFTConfig(max_steps=2, batch_size=2,
+                      max_seq_len=32), data=[str(path)])
+    assert (final / "model.safetensors").is_file()

@@ -22,7 +22,7 @@ from r1kit.train.optim import grad_norm_and_clip
 from r1kit.train.precision import autocast_context
 from r1kit.train.run_log import RunLog, Timer, finish_run
 from r1kit.train.setup import prepare_training
-from r1kit.train.sft_data import bucket, collate, encode_conversation, pack, read_jsonl_conversations, row_indices
+from r1kit.train.sft_data import bucket, collate, encode_records, pack, read_sft_records, row_indices
 
 
 def train_sft(model_path: str, out: str, cfg: SFTConfig, data: list[str] = (), tasks: list[str] = (),
@@ -40,10 +40,10 @@ def train_sft(model_path: str, out: str, cfg: SFTConfig, data: list[str] = (), t
     log = RunLog(out, info)
     ckpt = find_resume_checkpoint(out, resume)
     tokenizer = load_tokenizer(model_path)
-    convs = [c for path in data for c in read_jsonl_conversations(path)]
-    if not convs and not tasks:
+    records = [r for path in data for r in read_sft_records(path)]
+    if not records and not tasks:
         raise UserError("no training data: give --data FILE.jsonl and/or --task NAME")
-    examples = [ex for conv in convs for ex in encode_conversation(tokenizer, conv)]
+    examples = encode_records(tokenizer, records)
     if tasks:
         from r1kit.train.task_data import cold_start_examples
 

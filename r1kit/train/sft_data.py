@@ -4,7 +4,8 @@ Each assistant turn becomes one example: the conversation before it is rendered 
 and a generation prompt (for R1: "...<｜Assistant｜><think>\n"), the turn itself (reasoning + answer + EOS) is
 appended. Only the appended tokens carry loss. Prompt and completion are tokenized separately, exactly as the engine
 sees them at inference (prompt encoded, completion generated). A turn without "</think>" gets an empty reasoning
-block so that the model still learns to close it.
+block so that the model still learns to close it. A {"text": ...} record is plain text (base training, continued
+pretraining): BOS + text + EOS with loss on every token.
 
 Examples are packed into rows of max_seq_len (or, with packing off, length-bucketed and right-padded). The order of
 rows is a fixed function of (seed, epoch), so a resumed run sees exactly the rows the uninterrupted one would.
@@ -54,29 +55,47 @@ def encode_conversation(tokenizer, messages: list[dict[str, Any]]) -> list[Examp
     return out
 
 
-def record_to_messages(rec: dict[str, Any], where: str) -> list[dict[str, Any]]:
+def encode_text(tokenizer, text: str) -> Example:
+    """Plain text (base training, continued pretraining): BOS + text + EOS, loss on every token."""
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    ids = bos + tokenizer.encode(text) + eos
+    return ids, [1] * len(ids)
+
+
+def record_to_messages(rec: dict[str, Any], where: str) -> list[dict[str, Any]] | str:
+    """A JSONL record as a conversation, or as plain text for a {"text": ...} record."""
     if "messages" in rec:
         return rec["messages"]
     if "prompt" in rec and "completion" in rec:
         prompt = rec["prompt"]
         msgs = prompt if isinstance(prompt, list) else [{"role": "user", "content": str(prompt)}]
         return [*msgs, {"role": "assistant", "content": str(rec["completion"])}]
-    raise UserError(f'{where}: each line needs "messages" or "prompt" + "completion", got keys {sorted(rec)}')
+    if isinstance(rec.get("text"), str):
+        return rec["text"]
+    raise UserError(f'{where}: each line needs "messages", "prompt" + "completion" or "text", got keys {sorted(rec)}')
 
 
-def read_jsonl_conversations(path: str) -> list[list[dict[str, Any]]]:
+def read_sft_records(path: str) -> list[list[dict[str, Any]] | str]:
+    """Conversations and plain texts of an SFT JSONL file, in file order."""
     p = Path(path)
     if not p.is_file():
         raise UserError(f"--data {path!r} does not exist")
-    convs = []
+    records = []
     for n, line in enumerate(p.read_text().splitlines(), 1):
         if line.strip():
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
                 raise UserError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-            convs.append(record_to_messages(rec, f"{path}:{n}"))
-    return convs
+            records.append(record_to_messages(rec, f"{path}:{n}"))
+    return records
+
+
+def encode_records(tokenizer, records: list[list[dict[str, Any]] | str]) -> list[Example]:
+    """(ids, loss mask) examples of conversations (one per assistant turn) and plain texts."""
+    return [ex for r in records
+            for ex in ([encode_text(tokenizer, r)] if isinstance(r, str) else encode_conversation(tokenizer, r))]
 
 
 def pack(examples: list[Example], max_len: int, seed: int) -> list[Example]:

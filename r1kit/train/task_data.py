@@ -13,7 +13,7 @@ from typing import Any
 from r1kit.errors import UserError
 from r1kit.rewards import CombinedReward, parse_reward_spec
 from r1kit.tasks import Task, load_task
-from r1kit.train.sft_data import encode_conversation
+from r1kit.train.sft_data import encode_conversation, encode_text
 
 
 def load_tasks(specs: list[str]) -> list[Task]:
@@ -70,9 +70,7 @@ def cold_start_examples(tokenizer, specs: list[str], n: int,
     for task in tasks:
         for ex in task.examples[:per]:
             if target == "text":
-                bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-                ids = bos + tokenizer.encode(task.plain_text(ex)) + eos
-                out.append((ids, [1] * len(ids)))
+                out.append(encode_text(tokenizer, task.plain_text(ex)))
                 continue
             solution = task.reference_solution(ex) if target == "reasoning" else task.direct_solution(ex)
             if "messages" in ex:
