@@ -148,8 +148,8 @@ def test_task_targets_direct_and_text_train_on_the_answer_alone_and_on_plain_tex
     tok = load_tokenizer(tiny_checkpoint("qwen2"))
     specs = ["arithmetic?digits=2&n=3", "countdown?numbers=3&n=5&seed=1"]
     tasks = [load_task(s) for s in specs]
-    direct = cold_start_examples(tok, specs, 0, 0, target="direct")
-    text = cold_start_examples(tok, specs, 0, 0, target="text")
+    direct = cold_start_examples(tok, specs, 0, target="direct")
+    text = cold_start_examples(tok, specs, 0, target="text")
     pairs = [(t, ex) for t in tasks for ex in t.examples]
     assert len(direct) == len(text) == 8      # num_examples 0: every example of each spec
     for (ids, mask), (t, ex) in zip(direct, pairs):
@@ -158,7 +158,7 @@ def test_task_targets_direct_and_text_train_on_the_answer_alone_and_on_plain_tex
         assert all(mask) and ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id
         assert tok.decode(ids[1:-1]) == t.plain_text(ex) and "<｜User｜>" not in tok.decode(ids)
     with pytest.raises(UserError, match="task target"):
-        cold_start_examples(tok, specs, 0, 0, target="essay")
+        cold_start_examples(tok, specs, 0, target="essay")
 
 
 def test_text_records_train_on_every_token_beside_conversations(tiny_checkpoint, tmp_path):

@@ -18,6 +18,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from r1kit.cache import cache_dir
 from r1kit.errors import UserError
 from r1kit.models.checkpoint import resolve_checkpoint
 
@@ -25,11 +26,6 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 SHIPPED = ("r1kit-tiny", "r1kit-tiny-distill", "r1kit-tiny-direct")
 DEFAULT_MODEL = "r1kit-tiny"
 RANDOM_PREFIX = "random-"
-
-
-def cache_dir() -> Path:
-    """Where r1kit keeps what it makes once (random checkpoints, compiled kernels): $R1KIT_CACHE_DIR or ~/.cache/r1kit."""
-    return Path(os.environ.get("R1KIT_CACHE_DIR") or Path.home() / ".cache" / "r1kit")
 
 
 def builtin_names() -> list[str]:

@@ -25,6 +25,8 @@ import tempfile
 import warnings
 from pathlib import Path
 
+from r1kit.cache import cache_dir
+
 SOURCES = Path(__file__).with_name("csrc")
 HEADER = SOURCES / "kernels.h"
 # (compile flags, link flags), tried in order; the first that builds wins. -ffast-math + glibc's libmvec vectorize
@@ -42,8 +44,8 @@ FLAG_SETS = (
 )
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("R1KIT_CACHE_DIR") or Path.home() / ".cache" / "r1kit") / "kernels"
+def kernels_dir() -> Path:
+    return cache_dir() / "kernels"
 
 
 # -- the boundary: csrc/kernels.h -> ctypes ---------------------------------------------------------------------------
@@ -95,7 +97,7 @@ def _build(compiler: str) -> Path:
     sources = sorted(SOURCES.glob("*.c"))
     text = "\0".join(f.read_text() for f in sorted(SOURCES.iterdir()) if f.suffix in (".c", ".h"))
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
-    out_dir = cache_dir()
+    out_dir = kernels_dir()
     libs = [out_dir / ("r1kit_cpu-" + hashlib.sha256("\0".join([text, version, " ".join(cflags + ldflags),
                                                                    _cpu_id()]).encode()).hexdigest()[:16] + ".so")
             for cflags, ldflags in FLAG_SETS]
