@@ -1,52 +1,80 @@
-"""`r1kit demo`: the whole inference path on a machine with nothing downloaded.
+"""`r1kit demo`: r1kit-tiny, the small reasoner r1kit trains itself, thinking through problems it never saw.
 
-Builds (once) a small random DeepSeek-V3-architecture checkpoint in the Hugging Face layout with an R1-format
-tokenizer, loads it back through the same code that loads real checkpoints, and generates with the engine:
-chat template with the `<think>` prefill, paged latent KV cache, a thinking budget, and the reasoning/answer split.
-The weights are random, so the text is gibberish; everything around it is the real thing. Later versions swap in
-r1kit-tiny, a small reasoner trained by r1kit itself.
+Runs a handful of held-out problems (test splits: no training set holds them) through the model with the engine,
+shows each one's thinking and answer, checks the answers with the tasks' own verifiers and says how many were right.
+The problems come from the model directory's r1kit_tasks.json (written by recipes/tiny.sh: the task specs a model
+was trained and evaluated on), else from r1kit-tiny's task families. Any model works: `r1kit demo --model DIR`.
 """
 from __future__ import annotations
 
 import argparse
-import os
+import json
+import sys
 import time
-from pathlib import Path
 
-DEFAULT_DIR = Path(os.environ.get("R1KIT_CACHE_DIR") or Path.home() / ".cache" / "r1kit") / "demo-deepseek_v3"
+# r1kit-tiny's task families, held out (used when the model directory names none)
+DEFAULT_EVAL_TASKS = ("arithmetic?ops=+&digits=4&min_digits=2&phrasing=varied&split=test",
+                      "countdown?numbers=3&max_value=10&split=test",
+                      "reasoning_gym:chain_sum?min_terms=3&max_terms=5&min_digits=1&max_digits=1&split=test")
+DIM, RESET, GREEN, RED = "\033[2m", "\033[0m", "\033[32m", "\033[31m"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default=str(DEFAULT_DIR), help="where the random checkpoint is written (default: %(default)s)")
-    parser.add_argument("--model-type", default="deepseek_v3", help="architecture of the random model (default: %(default)s)")
-    parser.add_argument("--preset", default="tiny", help="size preset of the random model (default: %(default)s)")
-    parser.add_argument("--prompt", default="What is 12 + 30? Please reason step by step.", help="user message")
-    parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--max-thinking-tokens", type=int, default=24)
+    parser.add_argument("--model", default=None, help="checkpoint directory, hub id or builtin name "
+                        "(default: r1kit-tiny)")
+    parser.add_argument("--per-task", type=int, default=2, help="problems per task family (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=1, help="which held-out problems (default: %(default)s)")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default: %(default)s)")
+    parser.add_argument("--max-tokens", type=int, default=512, help="per answer, thinking included "
+                        "(default: %(default)s)")
     parser.add_argument("--device", default=None, help="cpu, cuda or auto (default: auto)")
-    parser.add_argument("--rebuild", action="store_true", help="recreate the checkpoint even if it exists")
+
+
+def demo_tasks(model_dir, per_task: int, seed: int) -> list:
+    """(task, example) pairs: per_task held-out problems of each evaluation task of the model."""
+    from r1kit.tasks import load_task
+
+    specs = list(DEFAULT_EVAL_TASKS)
+    meta = model_dir / "r1kit_tasks.json"
+    if meta.is_file():
+        specs = json.loads(meta.read_text()).get("eval") or specs
+    out = []
+    for spec in specs:
+        task = load_task(spec, n=per_task, seed=seed, split="test")
+        out += [(task, ex) for ex in task]
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
     from r1kit.engine import LLM, SamplingParams
-    from r1kit.models.random_checkpoint import create_random_checkpoint
+    from r1kit.models.builtin import resolve_model
+    from r1kit.models.registry import num_parameters
+    from r1kit.server.cli import default_model
+    from r1kit.train.task_data import prompt_ids
 
-    out = Path(args.out)
-    if args.rebuild or not (out / "config.json").is_file():
-        print(f"creating a random {args.model_type} checkpoint ({args.preset}) in {out}")
-        create_random_checkpoint(out, model_type=args.model_type, preset=args.preset, seed=0)
-    llm = LLM(model=str(out), device=args.device)
-    n_params = sum(p.numel() for p in llm.model.parameters())
-    print(f"model: {out} ({args.model_type}, {n_params / 1e6:.2f}M parameters, random weights)")
-    params = SamplingParams(temperature=0.6, top_p=0.95, seed=0, max_tokens=args.max_tokens,
-                            max_thinking_tokens=args.max_thinking_tokens)
+    name = args.model or default_model()
+    llm = LLM(model=str(resolve_model(name)), device=args.device)
+    cfg = llm.model.config
+    print(f"{name}: {num_parameters(llm.model) / 1e6:.2f}M-parameter {cfg.model_type} "
+          f"({'MLA + DeepSeekMoE, ' if cfg.model_type == 'deepseek_v3' else ''}trained by r1kit; docs/r1kit-tiny.md)")
+    pairs = demo_tasks(resolve_model(name), args.per_task, args.seed)
+    print(f"{len(pairs)} held-out problems it never saw in training:\n")
+    params = SamplingParams(temperature=args.temperature, top_p=1.0 if args.temperature == 0 else 0.95,
+                            max_tokens=args.max_tokens, seed=args.seed)
     t0 = time.perf_counter()
-    [result] = llm.chat([{"role": "user", "content": args.prompt}], params, use_tqdm=False)
+    outs = llm.generate([prompt_ids(llm.tokenizer, ex, 1 << 20) for _, ex in pairs], params, use_tqdm=False)
     dt = time.perf_counter() - t0
-    completion = result.outputs[0]
-    print(f"\nuser: {args.prompt}")
-    print(f"\n[thinking] {completion.reasoning!r}")
-    print(f"\n[answer]   {completion.content!r}")
-    print(f"\n{len(completion.token_ids)} tokens in {dt:.2f}s ({len(completion.token_ids) / dt:.1f} tok/s), "
-          f"finish_reason={completion.finish_reason}")
+    tty = sys.stdout.isatty()
+    dim, reset = (DIM, RESET) if tty else ("", "")
+    right, tokens = 0, 0
+    for i, ((task, ex), out) in enumerate(zip(pairs, outs), 1):
+        c = out.outputs[0]
+        ok = task.score(c.text, ex) == 1.0
+        right += ok
+        tokens += len(c.token_ids)
+        mark = ((GREEN + "right" + RESET) if tty else "right") if ok else ((RED + "wrong" + RESET) if tty else "wrong")
+        print(f"[{i}/{len(pairs)}] {ex['question']}")
+        print(dim + "  thinking: " + (c.reasoning or "").strip().replace("\n", "\n            ") + reset)
+        print(f"  answer:   {(c.content or '').strip() or '(none)'}   {mark} (expected {ex['answer']})\n")
+    print(f"{right}/{len(pairs)} right; {tokens} tokens in {dt:.1f}s ({tokens / max(dt, 1e-9):.0f} tokens/s)")
     return 0
