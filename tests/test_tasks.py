@@ -54,7 +54,7 @@ def test_arithmetic_knobs_and_carries():
         a, b = ex["metadata"]["a"], ex["metadata"]["b"]
         assert 10_000 <= a <= 99_999 and 10_000 <= b <= 99_999 and int(ex["answer"]) == a + b
         assert any(int(x) + int(y) >= 10 for x, y in zip(str(a), str(b)))  # at least one carry
-    assert "carry" in task.reference_solution(task[0])
+    assert "carry" in task.reference_solution(task[0]) and "ten-thousands" in task.reference_solution(task[0])
 
 
 def test_arithmetic_operands_span_min_digits_to_digits_and_varied_wording():

@@ -36,17 +36,35 @@ def _digits(x: int) -> list[int]:
     return [int(c) for c in reversed(str(x))]
 
 
+PLACES = ("ones", "tens", "hundreds", "thousands", "ten-thousands", "hundred-thousands", "millions")
+
+
+def place_name(i: int) -> str:
+    """The name of the i-th digit place from the right (0: ones)."""
+    return PLACES[i] if i < len(PLACES) else f"10^{i}s"
+
+
+def place_values(x: int, places: int) -> str:
+    """'4738' -> '4 thousands 7 hundreds 3 tens 8 ones' (zero-padded to `places` places)."""
+    d = _digits(x) + [0] * (places - len(str(x)))
+    return " ".join(f"{d[i]} {place_name(i)}" for i in reversed(range(places)))
+
+
 def _addition_steps(a: int, b: int) -> list[str]:
-    da, db, carry, out = _digits(a), _digits(b), 0, []
-    for i in range(max(len(da), len(db))):
-        x, y = (da[i] if i < len(da) else 0), (db[i] if i < len(db) else 0)
-        s = x + y + carry
-        note = f" plus carry {carry}" if carry else ""
-        out.append(f"Column {i + 1} from the right: {x} + {y}{note} = {s}; write {s % 10}"
-                   + (f", carry {s // 10}." if s >= 10 else "."))
-        carry = s // 10
+    """Place by place from the ones up, after naming every digit's place: the place names make each step's digits
+    something to look up by name rather than by counting positions, which small models learn far faster."""
+    places = max(len(str(a)), len(str(b)))
+    da, db = _digits(a) + [0] * places, _digits(b) + [0] * places
+    out, carry, written = [f"{a} is {place_values(a, places)}.", f"{b} is {place_values(b, places)}."], 0, 0
+    for i in range(places):
+        s = da[i] + db[i] + carry
+        out.append(f"{place_name(i)}: {da[i]} + {db[i]}" + (f" + {carry}" if carry else "") + f" = {s}, write {s % 10}"
+                   + (f" carry {s // 10}." if s >= 10 else "."))
+        carry, written = s // 10, written + 1
     if carry:
-        out.append(f"Write the final carry {carry}.")
+        out.append(f"{place_name(places)}: write the carry {carry}.")
+        written += 1
+    out.append(f"So the sum is {place_values(a + b, written)} = {a + b}.")
     return out
 
 
@@ -99,9 +117,12 @@ def arithmetic_reference(example: dict) -> str:
     a, b, op = m["a"], m["b"], m["op"]
     steps = _OPS[op][1](a, b)
     result = int(example["answer"])
-    check = {"+": f"{result} - {b} = {a}", "-": f"{result} + {b} = {a}", "*": f"{result} / {b} = {a}"}[op]
-    reasoning = f"I need to compute {a} {op} {b}. I'll work it out step by step.\n" + "\n".join(steps)
-    reasoning += f"\nSo {a} {op} {b} = {result}. Let me check by inverting it: {check}. Correct."
+    if op == "+":
+        reasoning = f"I add {a} + {b} place by place.\n" + "\n".join(steps)
+    else:
+        check = {"-": f"{result} + {b} = {a}", "*": f"{result} / {b} = {a}"}[op]
+        reasoning = f"I need to compute {a} {op} {b}. I'll work it out step by step.\n" + "\n".join(steps)
+        reasoning += f"\nSo {a} {op} {b} = {result}. Let me check by inverting it: {check}. Correct."
     return format_completion(example, reasoning, example["answer"])
 
 
