@@ -46,7 +46,7 @@ def load_reasoning_gym(name: str, params: dict) -> Task:
     split = check_param(spec_name, "split", params.pop("split", "train"), "train")
     template = check_param(spec_name, "template", params.pop("template", "r1_distill"), "r1_distill")
     real_seed = seed + (TEST_SEED_OFFSET if split == "test" else 0)
-    pool = 20 * n + 200 if split == "test" else 2 * n + 50   # a tenth of all problems hash to the test split
+    pool = 100 * n + 10_000   # drawn lazily until n distinct problems of the split (a tenth hash to the test split)
     try:
         dataset = reasoning_gym.create_dataset(name, size=pool, seed=real_seed, **params)
     except (TypeError, ValueError, AssertionError) as e:
