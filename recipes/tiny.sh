@@ -26,15 +26,15 @@ export TOKENIZERS_PARALLELISM=false
 if [ "$QUICK" = 1 ]; then
   OUT=${OUT:-runs/tiny-quick}
   TEACHER=(--model-type deepseek_v3 --preset tiny);  STUDENT=(--model-type qwen2 --preset tiny)
-  N_TRAIN=300; BASE_STEPS=30; SFT_STEPS=80; GRPO_STEPS=16; STUDENT_STEPS=80
+  N_TRAIN=300; BASE_STEPS=30; SFT_STEPS=${SFT_STEPS:-80}; GRPO_STEPS=${GRPO_STEPS:-16}; STUDENT_STEPS=80
   GRPO=(--prompts-per-step 8 --num-generations 8 --max-completion-length 96 --lr 1e-3)
   N_EVAL=16; N_SAMPLES=4; DISTILL_PROMPTS=64
 else
   OUT=${OUT:-runs/tiny}
   TEACHER=(--model-type deepseek_v3 --preset r1kit-tiny);  STUDENT=(--model-type qwen2 --preset r1kit-tiny-student)
-  N_TRAIN=30000; BASE_STEPS=200; SFT_STEPS=2000; GRPO_STEPS=100; STUDENT_STEPS=1500
+  N_TRAIN=30000; BASE_STEPS=200; SFT_STEPS=${SFT_STEPS:-1000}; GRPO_STEPS=${GRPO_STEPS:-50}; STUDENT_STEPS=800
   GRPO=(--prompts-per-step 16 --num-generations 8 --max-completion-length 256 --lr 2e-4)
-  N_EVAL=50; N_SAMPLES=8; DISTILL_PROMPTS=1200
+  N_EVAL=${N_EVAL:-50}; N_SAMPLES=8; DISTILL_PROMPTS=1200
 fi
 MAX_TOKENS=320
 # One example per row (no packing): every example starts at position 0 with nothing else in its context, as at
@@ -90,10 +90,16 @@ done_ "$OUT/base/final" || $R1KIT train sft --model "$OUT/init" --out "$OUT/base
   --task-target text --max-steps "$BASE_STEPS" "${TRAIN[@]}"
 
 stage "2 cold-start SFT on reasoning traces -> $OUT/sft/final; direct-answer baseline -> $OUT/direct/final"
-done_ "$OUT/sft/final" || $R1KIT train sft --model "$OUT/base/final" --out "$OUT/sft" "${SFT_TASKS[@]}" \
-  --task-target reasoning --max-steps "$SFT_STEPS" "${TRAIN[@]}"
-done_ "$OUT/direct/final" || $R1KIT train sft --model "$OUT/base/final" --out "$OUT/direct" "${SFT_TASKS[@]}" \
-  --task-target direct --max-steps "$SFT_STEPS" "${TRAIN[@]}"
+# The two runs are independent: they share the two cores, one thread each (two processes on one core each beat
+# two 2-thread processes fighting over both).
+sft_run() {  # sft_run NAME TARGET
+  done_ "$OUT/$1/final" || OMP_NUM_THREADS=1 $R1KIT train sft --model "$OUT/base/final" --out "$OUT/$1" \
+    "${SFT_TASKS[@]}" --task-target "$2" --max-steps "$SFT_STEPS" --save-every 100 --resume auto "${TRAIN[@]}" \
+    >"$OUT/$1.log" 2>&1 || { echo "$1 failed: see $OUT/$1.log"; return 1; }
+}
+sft_run direct direct & direct_pid=$!
+sft_run sft reasoning
+wait "$direct_pid"
 
 stage "3 GRPO on harder problems, accuracy + format rewards -> $OUT/grpo/final"
 done_ "$OUT/grpo/final" || $R1KIT train grpo --model "$OUT/sft/final" --out "$OUT/grpo" "${GRPO_TASKS[@]}" \

@@ -98,8 +98,6 @@ def train_grpo(model_path: str, out: str, cfg: GRPOConfig, tasks: list[str] = ()
     from r1kit.models.builtin import resolve_model
     from r1kit.tokenizer import load_tokenizer
 
-    model_path = str(resolve_model(model_path))  # a builtin name, hub id or directory; fails before --out is made
-
     info = init_distributed(cfg.device)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
@@ -115,6 +113,7 @@ def train_grpo(model_path: str, out: str, cfg: GRPOConfig, tasks: list[str] = ()
         raise UserError("no prompts: give --task NAME")
     log = RunLog(out, info)
     ckpt = find_resume_checkpoint(out, resume)
+    model_path = str(resolve_model(model_path))  # builtin name, hub id or directory; checked before --out is written
     log.save_config(cfg, {"model": model_path, "tasks": list(tasks), "reward": reward, "world_size": info.world_size,
                           "rewards": {name: w for name, (_, w) in rewards.parts.items()}, **(extra_config or {})})
     tokenizer = load_tokenizer(model_path)

@@ -32,13 +32,12 @@ def train_sft(model_path: str, out: str, cfg: SFTConfig, data: list[str] = (), t
     from r1kit.models.builtin import resolve_model
     from r1kit.tokenizer import load_tokenizer
 
-    model_path = str(resolve_model(model_path))  # a builtin name, hub id or directory; fails before --out is made
-
     info = init_distributed(cfg.device)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     log = RunLog(out, info)
     ckpt = find_resume_checkpoint(out, resume)
+    model_path = str(resolve_model(model_path))  # builtin name, hub id or directory; checked before --out is written
     tokenizer = load_tokenizer(model_path)
     records = [r for path in data for r in read_sft_records(path)]
     if not records and not tasks:
