@@ -26,8 +26,8 @@ export TOKENIZERS_PARALLELISM=false
 if [ "$QUICK" = 1 ]; then
   OUT=${OUT:-runs/tiny-quick}
   TEACHER=(--model-type deepseek_v3 --preset tiny);  STUDENT=(--model-type qwen2 --preset tiny)
-  N_TRAIN=300; BASE_STEPS=30; SFT_STEPS=${SFT_STEPS:-80}; GRPO_STEPS=${GRPO_STEPS:-16}; STUDENT_STEPS=80
-  GRPO=(--prompts-per-step 8 --num-generations 8 --max-completion-length 96 --lr 1e-3)
+  N_TRAIN=300; BASE_STEPS=30; SFT_STEPS=${SFT_STEPS:-150}; GRPO_STEPS=${GRPO_STEPS:-16}; STUDENT_STEPS=80
+  GRPO=(--prompts-per-step 8 --num-generations 8 --max-completion-length 96 --lr ${GRPO_LR:-3e-4})
   N_EVAL=16; N_SAMPLES=4; DISTILL_PROMPTS=64
 else
   OUT=${OUT:-runs/tiny}
@@ -44,12 +44,21 @@ TRAIN=(--lr 3e-3 --batch-size 32 --max-seq-len 384 --no-packing --warmup-steps 3
 
 # The task families. Training problems come from the train split, evaluation problems from the test split: every
 # problem is assigned to one split by a hash of its content, so no evaluated problem is in any training set.
-ADD="arithmetic?ops=+&digits=3&min_digits=1&phrasing=varied"
-ADD_HARD="arithmetic?ops=+&digits=4&min_digits=4&phrasing=varied"
-CD="countdown?numbers=3&max_value=10&max_target=100"
-CD_HARD="countdown?numbers=4&max_value=10&max_target=100"
-CS="reasoning_gym:chain_sum?min_terms=2&max_terms=4&min_digits=1&max_digits=1"
-CS_HARD="reasoning_gym:chain_sum?min_terms=5&max_terms=6&min_digits=1&max_digits=1"
+if [ "$QUICK" = 1 ]; then   # smaller problems, so that a 0.25M model learns something in a minute
+  ADD="arithmetic?ops=+&digits=1&min_digits=1&phrasing=varied"
+  ADD_HARD="arithmetic?ops=+&digits=2&min_digits=2&phrasing=varied"
+  CD="countdown?numbers=2&max_value=10&max_target=100"
+  CD_HARD="countdown?numbers=3&max_value=10&max_target=100"
+  CS="reasoning_gym:chain_sum?min_terms=2&max_terms=2&min_digits=1&max_digits=1"
+  CS_HARD="reasoning_gym:chain_sum?min_terms=3&max_terms=3&min_digits=1&max_digits=1"
+else
+  ADD="arithmetic?ops=+&digits=3&min_digits=1&phrasing=varied"
+  ADD_HARD="arithmetic?ops=+&digits=4&min_digits=4&phrasing=varied"
+  CD="countdown?numbers=3&max_value=10&max_target=100"
+  CD_HARD="countdown?numbers=4&max_value=10&max_target=100"
+  CS="reasoning_gym:chain_sum?min_terms=2&max_terms=4&min_digits=1&max_digits=1"
+  CS_HARD="reasoning_gym:chain_sum?min_terms=5&max_terms=6&min_digits=1&max_digits=1"
+fi
 FAMILIES=("$ADD" "$CD" "$CS")
 HARD=("$ADD_HARD" "$CD_HARD" "$CS_HARD")
 
@@ -132,7 +141,7 @@ if [ "${SHIP:-0}" = 1 ]; then
     cp "$src"/*.json "$src"/*.safetensors "$dst"/
     cp "$OUT/r1kit_tasks.json" "$dst"/
   done
-  cp "$OUT/model_card.md" docs/r1kit-tiny.md && cp "$OUT"/card/*.png docs/img/ 2>/dev/null || true
+  mkdir -p docs/img/r1kit-tiny && cp "$OUT/model_card.md" docs/r1kit-tiny.md && cp "$OUT"/card/*.png docs/img/r1kit-tiny/
   echo "shipped: r1kit/assets/{r1kit-tiny,r1kit-tiny-distill,r1kit-tiny-direct}, docs/r1kit-tiny.md"
 fi
 echo "done in $(( ($(date +%s) - START) / 60 )) min"

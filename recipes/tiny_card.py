@@ -115,7 +115,8 @@ def write_card(run: Path, minutes: int | None) -> Path:
         cells = []
         for s in results:
             t = results[s]["tasks"][spec]
-            cells.append(f"{100 * t['pass@1']:.1f} / {100 * t[f'maj@{t['n']}']:.1f} / "
+            maj = t["maj@" + str(t["n"])]
+            cells.append(f"{100 * t['pass@1']:.1f} / {100 * maj:.1f} / "
                          f"{(t['reasoning_tokens'] or {}).get('mean') or 0:.0f}")
         lines.append(f"| {_family(spec)}{' (harder)' if spec in hard else ''} | " + " | ".join(cells) + " |")
 
@@ -145,7 +146,7 @@ def write_card(run: Path, minutes: int | None) -> Path:
         for spec, st in stats.get("tasks", stats).items():
             if isinstance(st, dict) and "acceptance_rate" in st:
                 lines.append(f"| {_family(spec)} | {100 * st['acceptance_rate']:.1f}% | {st.get('traces')} | "
-                             f"{st.get('mean_trace_tokens', 0):.0f} |")
+                             f"{st.get('mean_trace_tokens') or 0:.0f} |")
     lines += ["", "## GRPO", "", "![GRPO curves](img/r1kit-tiny/grpo_curves.png)", "",
               "![pass@1 by stage](img/r1kit-tiny/pass_at_1.png)", "", "## Sample completions (r1kit-tiny)", ""]
     samples = [json.loads(line) for line in (run / "eval" / "grpo" / "samples.jsonl").read_text().splitlines()
