@@ -15,6 +15,24 @@ STAGES = [("direct", "direct-answer baseline"), ("base", "base"), ("sft", "cold-
           ("grpo", "GRPO (r1kit-tiny)"), ("student", "distilled student (r1kit-tiny-distill)")]
 
 
+# What the recipe's settings rest on: measured while building it, on the same 2-core machine.
+LESSONS = ["## How it is trained, and what we learned making it", "",
+           "- **One example per row.** SFT packs examples into rows by default (fewer pad tokens). Packed rows let an "
+           "example attend to the ones before it and its positions do not restart at 0, unlike at inference; the "
+           "tiny model learned 1-3 digit addition very slowly from them (about 0% held-out after 1200 steps of "
+           "8 x 256 tokens). With `--no-packing` (one example per row, batch 32) the same model went from 5% at step "
+           "450 to 77% at step 900 on addition alone: learning is a phase transition after roughly 13k examples.",
+           "- **Traces a small model can follow.** Addition traces name each digit's place first (\"47 is 4 tens 7 "
+           "ones\") and then add place by place with the carry written out; countdown traces are guess-and-check "
+           "(a few failed chains, then the hit), so a wrong first try is part of the data, as in R1's traces.",
+           "- **What did not help:** base pretraining on the arithmetic primitives alone, a dense (Qwen2) model of "
+           "the same size, a smaller (hidden 128) model with packed rows.",
+           "- **The format reward can be gamed.** In `--quick` mode (a 0.25M model that is rarely right) GRPO learns to "
+           "close the thinking block at once: accuracy + 0.2 x format rises because format goes up while accuracy "
+           "falls. The full-size model, right often enough, does not take that shortcut when its accuracy reward "
+           "carries the signal.", ""]
+
+
 def _family(spec: str) -> str:
     """A short name for a task spec: its source and the knobs that set its difficulty."""
     head, _, query = spec.partition("?")
@@ -162,6 +180,7 @@ def write_card(run: Path, minutes: int | None) -> Path:
                           "```", f"user: {q}", "<think>", (smp["reasoning"] or "").strip(), "</think>",
                           (smp["answer"] or "").strip(), "```", ""]
                 break
+    lines += LESSONS
     lines += ["## Training data", "", "Task specs (`r1kit.tasks.load_task`), as run:", "", "```",
               json.dumps(tasks, indent=1), "```", ""]
     (run / "model_card.md").write_text("\n".join(lines))
