@@ -23,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-type", default="deepseek_v3", choices=sorted(PRESETS),
                         help="architecture (default: %(default)s)")
     parser.add_argument("--preset", default="tiny", choices=presets,
-                        help="size preset of the architecture (default: %(default)s); see r1kit/models/random_checkpoint.py")
+                        help="size preset of the architecture (default: %(default)s); "
+                        "see r1kit/models/random_checkpoint.py")
     parser.add_argument("--task", action="append", default=[],
                         help="task spec whose questions and reference solutions join the tokenizer's corpus "
                              "(repeatable; e.g. 'arithmetic?digits=4&n=2000')")
