@@ -34,7 +34,7 @@ else
   TEACHER=(--model-type deepseek_v3 --preset r1kit-tiny);  STUDENT=(--model-type qwen2 --preset r1kit-tiny-student)
   N_TRAIN=30000; BASE_STEPS=200; SFT_STEPS=${SFT_STEPS:-1000}; GRPO_STEPS=${GRPO_STEPS:-50}; STUDENT_STEPS=800
   GRPO=(--prompts-per-step 16 --num-generations 8 --max-completion-length 256 --lr ${GRPO_LR:-5e-5})
-  N_EVAL=${N_EVAL:-50}; N_SAMPLES=8; DISTILL_PROMPTS=1200
+  N_EVAL=${N_EVAL:-50}; N_SAMPLES=8; DISTILL_PROMPTS=4800
 fi
 MAX_TOKENS=320
 # One example per row (no packing): every example starts at position 0 with nothing else in its context, as at

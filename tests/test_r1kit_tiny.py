@@ -30,11 +30,11 @@ def _greedy_accuracy(llm: LLM, specs: list[str], per_task: int) -> float:
 
 @pytest.mark.slow
 def test_r1kit_tiny_beats_chance_and_the_direct_answer_baseline_on_held_out_problems():
-    standard = [s for s in TASKS["eval"] if s not in TASKS["hard"]]
-    tiny = _greedy_accuracy(LLM("r1kit-tiny"), standard, per_task=24)
-    direct = _greedy_accuracy(LLM("r1kit-tiny-direct"), standard, per_task=24)
-    assert tiny >= 0.5, tiny                      # chance is ~0: answers are multi-digit numbers and expressions
-    assert tiny >= direct + 0.2, (tiny, direct)   # thinking, not memorised answers
+    # every evaluated family, the harder ones and 4-digit sums (which it rarely gets) included
+    tiny = _greedy_accuracy(LLM("r1kit-tiny"), TASKS["eval"], per_task=12)
+    direct = _greedy_accuracy(LLM("r1kit-tiny-direct"), TASKS["eval"], per_task=12)
+    assert tiny >= 0.3, tiny                       # chance is ~0: answers are multi-digit numbers and expressions
+    assert tiny >= direct + 0.25, (tiny, direct)   # thinking, not memorised answers
 
 
 def test_held_out_problems_are_in_no_training_set():
@@ -65,11 +65,11 @@ def test_transformers_loads_the_shipped_models_and_decodes_the_same_greedy_token
 
 
 def test_r1kit_chat_answers_the_readme_question_with_its_reasoning():
-    r = subprocess.run([sys.executable, "-m", "r1kit", "chat", "What is 47 + 85?", "--temperature", "0"],
+    r = subprocess.run([sys.executable, "-m", "r1kit", "chat", "What is 385 + 247?"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     thinking, _, answer = r.stdout.partition("[answer]")
-    assert "[thinking]" in thinking and "132" in answer, r.stdout
+    assert "[thinking]" in thinking and "632" in answer, r.stdout
 
 
 def test_r1kit_demo_shows_held_out_problems_with_thinking_and_counts_the_right_answers():
