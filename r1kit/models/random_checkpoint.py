@@ -37,7 +37,7 @@ _DEEPSEEK_R1KIT_TINY = dict(hidden_size=192, intermediate_size=512, moe_intermed
                             qk_rope_head_dim=16, v_head_dim=32, n_routed_experts=16, n_shared_experts=1,
                             num_experts_per_tok=4, n_group=4, topk_group=2, first_k_dense_replace=1,
                             routed_scaling_factor=2.5, num_nextn_predict_layers=0, max_position_embeddings=2048)
-_QWEN2_R1KIT_TINY_STUDENT = dict(hidden_size=192, intermediate_size=512, num_hidden_layers=5, num_attention_heads=4,
+_QWEN2_R1KIT_TINY_STUDENT = dict(hidden_size=160, intermediate_size=448, num_hidden_layers=4, num_attention_heads=4,
                                  num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True)
 _DENSE_TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                    num_key_value_heads=2, max_position_embeddings=4096)
