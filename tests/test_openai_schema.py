@@ -39,19 +39,24 @@ def ok(r):
     return "choices" in r
 
 
-CHAT = {  # field -> ("honoured", value, check) | ("neutral", value) | ("refused", value)
-    "messages": ("honoured", USER, ok),
-    "model": ("honoured", "tiny", lambda r: r["model"] == "tiny"),
+# sampling fields both endpoints share, with the same effect checks
+SAMPLING = {
     "temperature": ("honoured", 0, ok),
     "top_p": ("honoured", 0.5, ok),
-    "n": ("honoured", 2, n_choices(2)),
-    "max_tokens": ("honoured", 3, tokens(3)),
-    "max_completion_tokens": ("honoured", 2, tokens(2)),
     "stop": ("honoured", ["zzz"], ok),
     "seed": ("honoured", 5, ok),
     "presence_penalty": ("honoured", 1.5, ok),
     "frequency_penalty": ("honoured", 1.5, ok),
     "logit_bias": ("honoured", {"77": 100}, lambda r: r["choices"][0]["token_ids"] == [77] * 4),
+}
+
+CHAT = {  # field -> ("honoured", value, check) | ("neutral", value) | ("refused", value)
+    "messages": ("honoured", USER, ok),
+    "model": ("honoured", "tiny", lambda r: r["model"] == "tiny"),
+    **SAMPLING,
+    "n": ("honoured", 2, n_choices(2)),
+    "max_tokens": ("honoured", 3, tokens(3)),
+    "max_completion_tokens": ("honoured", 2, tokens(2)),
     "logprobs": ("honoured", True, lambda r: len(r["choices"][0]["logprobs"]["content"]) == 4),
     "top_logprobs": ("honoured", 2, ok),  # sent with logprobs: true (below)
     "response_format": ("honoured", {"type": "json_schema", "json_schema": {"name": "a", "schema": SCHEMA}},
@@ -86,15 +91,9 @@ CHAT = {  # field -> ("honoured", value, check) | ("neutral", value) | ("refused
 COMPLETIONS = {
     "prompt": ("honoured", ["a b", "c"], n_choices(2)),
     "model": ("honoured", "tiny", lambda r: r["model"] == "tiny"),
-    "temperature": ("honoured", 0, ok),
-    "top_p": ("honoured", 0.5, ok),
+    **SAMPLING,
     "n": ("honoured", 3, n_choices(3)),
     "max_tokens": ("honoured", 2, tokens(2)),
-    "stop": ("honoured", ["zzz"], ok),
-    "seed": ("honoured", 5, ok),
-    "presence_penalty": ("honoured", 1.5, ok),
-    "frequency_penalty": ("honoured", 1.5, ok),
-    "logit_bias": ("honoured", {"77": 100}, lambda r: r["choices"][0]["token_ids"] == [77] * 4),
     "logprobs": ("honoured", 1, lambda r: len(r["choices"][0]["logprobs"]["tokens"]) == 4),
     "echo": ("honoured", True, lambda r: r["choices"][0]["text"].startswith("Once upon")),
     "best_of": ("honoured", 2, n_choices(1)),
