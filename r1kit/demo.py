@@ -53,11 +53,12 @@ def run(args: argparse.Namespace) -> int:
     from r1kit.train.task_data import prompt_ids
 
     name = args.model or default_model()
-    llm = LLM(model=str(resolve_model(name)), device=args.device)
+    model_dir = resolve_model(name)
+    llm = LLM(model=str(model_dir), device=args.device)
     cfg = llm.model.config
     print(f"{name}: {num_parameters(llm.model) / 1e6:.2f}M-parameter {cfg.model_type} "
           f"({'MLA + DeepSeekMoE, ' if cfg.model_type == 'deepseek_v3' else ''}trained by r1kit; docs/r1kit-tiny.md)")
-    pairs = demo_tasks(resolve_model(name), args.per_task, args.seed)
+    pairs = demo_tasks(model_dir, args.per_task, args.seed)
     print(f"{len(pairs)} held-out problems it never saw in training:\n")
     params = SamplingParams(temperature=args.temperature, top_p=1.0 if args.temperature == 0 else 0.95,
                             max_tokens=args.max_tokens, seed=args.seed)

@@ -24,18 +24,13 @@ from r1kit.train.checkpointing import clean_partial, save_final
 from r1kit.train.distributed import DistInfo, barrier, full_model_for_saving, unwrap
 
 
-def check_out_dir(out_dir: str | os.PathLike) -> None:
-    """--out may be a new or an existing directory, not a file (checked before anything is loaded or written)."""
-    if Path(out_dir).exists() and not Path(out_dir).is_dir():
-        raise UserError(f"--out {str(out_dir)!r} is an existing file; give a directory (it will hold the "
-                        "checkpoints, metrics.jsonl and the final model)")
-
-
 class RunLog:
     def __init__(self, out_dir: str | os.PathLike, info: DistInfo):
         self.dir = Path(out_dir)
         self.info = info
-        check_out_dir(out_dir)
+        if self.dir.exists() and not self.dir.is_dir():
+            raise UserError(f"--out {str(out_dir)!r} is an existing file; give a directory (it will hold the "
+                            "checkpoints, metrics.jsonl and the final model)")
         if info.is_main and self.dir.is_dir():
             clean_partial(self.dir)   # (before a resume looks for checkpoints: it may restore one)
 
