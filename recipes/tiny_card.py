@@ -27,15 +27,24 @@ LESSONS = ["## How it is trained, and what we learned making it", "",
            "(a few failed chains, then the hit), so a wrong first try is part of the data, as in R1's traces.",
            "- **What did not help:** base pretraining on the arithmetic primitives alone, a dense (Qwen2) model of "
            "the same size, a smaller (hidden 128) model with packed rows.",
-           "- **GRPO's learning rate.** From the cold-start model, GRPO at lr 3e-4 took held-out 3-digit sums from 90% "
-           "to 59% in 50 steps; lr 1e-4 at temperature 0.7 kept the sums but lost the 5-6 term chains (11% to 2%); "
-           "lr 5e-5 at temperature 1.0 (the recipe's) moved the harder set by about a point. On 2 cores a GRPO step "
-           "(16 prompts x 8 samples) takes 5-15 s, so the recipe's budget is 50 steps: 800 groups, most of them with "
-           "all-equal rewards (every sample right on sums, every sample wrong on 4-number countdown).",
-           "- **The student wants more traces.** From 1200 distillation prompts (673 verified traces, about 38 "
-           "epochs in 800 steps) it kept 69% of its teacher's pass@1; from 4800 (2630 traces) 76%. A 2.2M student "
-           "(0.45x, hidden 192, 5 layers) trained the same way kept 75%: size is not what limits it at this scale. "
-           "More traces per problem family and a longer student run were not tried for lack of time.",
+           "- **GRPO: a harder set within reach, dynamic sampling, and where it stops.** From the cold-start model, "
+           "GRPO at lr 3e-4 took held-out 3-digit sums from 90% to 59% in 50 steps; lr 1e-4 at temperature 0.7 lost "
+           "the 5-6 term chains (11% to 2%); lr 5e-5 at temperature 1.0 keeps what SFT taught. A first harder set "
+           "with 4-number countdown (cold-start pass@8 0: every group all wrong, no signal) moved by 1.6 points in "
+           "50 steps. The recipe's set is picked by the cold-start model's held-out pass@8 > 0 (3-digit sums 0.96, "
+           "4-digit sums 0.12, 5-6 term chains 0.38), and dynamic sampling (DAPO) draws prompts until each step has "
+           "16 groups whose rewards differ: 120 steps give +5.4 points. The harder-set mean at steps 40 / 80 / 120 "
+           "was 36.2 / 37.7 / 37.3 (cold start 31.9): a plateau. lr 1e-4 ended at 35.6; a stronger update (G=16, two "
+           "policy updates per batch, clip-higher 0.28, 100 steps) at 36.0. The +10 target is missed: 3-digit sums "
+           "saturate near their pass@8, 4-digit sums are rarely right (the model does not generalize to a longer "
+           "number), and the chains' misses copy a sign or digit from far back in the prompt, which 120 steps of "
+           "RL do not fix.",
+           "- **The student wants many distinct traces.** From 1200 distillation prompts x 4 samples (673 verified "
+           "traces) the 1.33M student kept 69% of its teacher's pass@1; from 4800 x 4 (2630 traces, 800 steps) 76%, "
+           "and a 2.2M (0.45x) student on those 75%: size was not the limit. One sample per prompt over 19200 "
+           "prompts costs the same teacher time and gives 8859 traces; with 1200 steps the student keeps all of it "
+           "and more (it trains on right answers only, so it beats its teacher on sums and chains and loses on "
+           "countdown, where the teacher's few right traces are all it sees).",
            "- **Time on 2 CPU cores** (this run, stage by stage; other jobs shared the machine): init under 1 min, "
            "base 3, cold-start SFT 34 (the direct baseline trains beside it on the other core, 10), GRPO 7, "
            "distillation 11 (19200 teacher samples), student 10, evaluation of all five stages 5: about 70 minutes, "
