@@ -32,7 +32,7 @@ if [ "$QUICK" = 1 ]; then
 else
   OUT=${OUT:-runs/tiny}
   TEACHER=(--model-type deepseek_v3 --preset r1kit-tiny);  STUDENT=(--model-type qwen2 --preset r1kit-tiny-student)
-  N_TRAIN=30000; BASE_STEPS=200; SFT_STEPS=${SFT_STEPS:-1000}; GRPO_STEPS=${GRPO_STEPS:-120}; STUDENT_STEPS=${STUDENT_STEPS:-1200}
+  N_TRAIN=30000; BASE_STEPS=200; SFT_STEPS=${SFT_STEPS:-1000}; GRPO_STEPS=${GRPO_STEPS:-80}; STUDENT_STEPS=${STUDENT_STEPS:-1200}
   # Dynamic sampling (DAPO): groups whose samples all get the same reward teach nothing, so more prompts are drawn
   # until the step has 16 groups that do.
   GRPO=(--prompts-per-step 16 --num-generations 8 --max-completion-length 256 --lr ${GRPO_LR:-5e-5} --dynamic-sampling)
