@@ -162,7 +162,12 @@ def write_card(run: Path, minutes: int | None) -> Path:
              f"{settings['top_p']}, at most {settings['max_tokens']} tokens; problems from the test splits (held out "
              "by "
              "a hash of each problem's content, so no evaluated problem is in any training set). Each cell: "
-             f"pass@1 / maj@{settings['n']} / mean reasoning tokens.", "",
+             f"pass@1 / maj@{settings['n']} / mean reasoning tokens. Each stage's column comes from:", "",
+             "```",
+             "r1kit eval --model $OUT/<stage>/final" + "".join(f" \\\n  --task '{t}'" for t in settings["tasks"])
+             + f" \\\n  -n {settings['n']} --temperature {settings['temperature']} --top-p {settings['top_p']}"
+             f" --max-tokens {settings['max_tokens']} --seed {settings['seed']}",
+             "```", "",
              "| task | " + " | ".join(dict(STAGES)[s] for s in results) + " |",
              "|---|" + "---|" * len(results)]
     for spec in specs:
